@@ -1,0 +1,41 @@
+"""Celery's configuration, loaded by string (``app.config_from_object("config.celeryconfig")``).
+
+Every value comes from the one settings object; nothing here is a second source of a fact.
+"""
+
+from __future__ import annotations
+
+from config.settings import get_settings
+
+_settings = get_settings()
+
+broker_url = _settings.broker_url
+result_backend = _settings.redis_url
+# Redis redelivers a message that was not acknowledged within this time (a crashed worker).
+# Kept shorter than a job's expiry and longer than any countdown (checked by Settings).
+broker_transport_options = {"visibility_timeout": _settings.visibility_timeout}
+result_backend_transport_options = {"retry_policy": {"timeout": 5.0}}
+broker_connection_retry_on_startup = True
+
+# JSON only: a pickle from the broker would be code execution.
+task_serializer = "json"
+result_serializer = "json"
+accept_content = ["json"]
+result_accept_content = ["json"]
+
+# At least once: a job is acknowledged after it ran, and given back if its worker dies.
+task_acks_late = True
+task_reject_on_worker_lost = True
+# One message at a time per thread: prefetched jobs would sit unacknowledged and age.
+worker_prefetch_multiplier = 1
+task_track_started = True
+result_expires = _settings.result_ttl
+
+# Flower: workers send task events, producers send sent-events.
+worker_send_task_events = True
+task_send_sent_event = True
+
+# The task's own module, named by string: the app has no import on tasks/.
+imports = ("tasks.close",)
+task_default_queue = "streamctl"
+worker_hijack_root_logger = False

@@ -1,0 +1,226 @@
+"""The one settings object: every environment variable streamctl reads, validated once.
+
+Names are fixed: deploy files and other systems depend on them. ``SCALEENGINE_*``, ``REDIS_URL``
+and ``CELERY_BROKER_URL`` keep their bare names; every other tunable has the ``STREAMCTL_``
+prefix. A ``.env`` file in the working directory is read too; the process environment wins.
+
+Each default is chosen so that the timing invariants of the queue hold (see
+``_check_timing``): a retry's countdown stays well inside the broker's visibility timeout, and
+the visibility timeout is shorter than a job's expiry, so that a job lost with a crashed
+worker is redelivered while it may still run.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
+
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from worker.errors import ConfigError
+
+PositiveFloat = Annotated[float, Field(gt=0)]
+PositiveInt = Annotated[int, Field(gt=0)]
+
+
+def _bare(name: str) -> AliasChoices:
+    """Read a field from an environment variable without the STREAMCTL_ prefix."""
+    return AliasChoices(name)
+
+
+def is_loopback_host(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class Settings(BaseSettings):
+    """Every setting of streamctl. Build it with ``load_settings()``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="STREAMCTL_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        frozen=True,
+        populate_by_name=True,
+    )
+
+    # --- the ScaleEngine account ---------------------------------------------------------
+    api_url: str = Field(
+        "https://api.scaleengine.net/stable/", validation_alias=_bare("SCALEENGINE_API_URL")
+    )
+    cdn: int | None = Field(None, gt=0, validation_alias=_bare("SCALEENGINE_CDN"))
+    # The key is not the secret, but it is still kept out of reprs and logs.
+    api_key: SecretStr | None = Field(None, validation_alias=_bare("SCALEENGINE_API_KEY"))
+    api_secret: SecretStr | None = Field(None, validation_alias=_bare("SCALEENGINE_API_SECRET"))
+    origin_url: str | None = Field(None, validation_alias=_bare("SCALEENGINE_ORIGIN_URL"))
+
+    # --- Redis and the broker ------------------------------------------------------------
+    redis_url: str = Field("redis://localhost:6379/0", validation_alias=_bare("REDIS_URL"))
+    celery_broker_url: str | None = Field(None, validation_alias=_bare("CELERY_BROKER_URL"))
+    results_channel: str = Field("streamctl:results", min_length=1)
+    #: Entries kept in the ``<channel>:log`` stream (approximate trim). 100k results is a few
+    #: days of heavy use and about 100 MB of Redis memory at most.
+    results_log_maxlen: PositiveInt = 100_000
+    #: How long a job's final result and its idempotency key are kept (7 days): a producer that
+    #: enqueues the same job id within that window gets the first result, not a second close.
+    result_ttl: PositiveInt = 7 * 24 * 3600
+
+    # --- HTTP ------------------------------------------------------------------------------
+    #: Slightly above a multiple of 3 s, TCP's initial retransmission window (requests' advice).
+    connect_timeout: PositiveFloat = 3.05
+    #: The API answers in about 0.4 s; 10 s is generous but bounds a hung server.
+    read_timeout: PositiveFloat = 10.0
+    #: A CA bundle to verify the API's certificate with. Verification itself cannot be turned off.
+    ca_bundle: Path | None = None
+
+    # --- retries inside one delivery (tenacity) ---------------------------------------------
+    #: HTTP requests per delivery before handing the job back to Celery.
+    max_attempts: PositiveInt = 5
+    #: Total time one delivery may spend retrying (the in-task deadline).
+    retry_deadline: PositiveFloat = 45.0
+    #: First backoff; doubles each attempt, with full jitter, up to ``backoff_max``.
+    backoff_initial: PositiveFloat = 0.5
+    backoff_max: PositiveFloat = 10.0
+    #: Code 1000 means "too much traffic, try again in a few minutes": wait at least this long.
+    busy_backoff: PositiveFloat = 30.0
+
+    # --- retries across deliveries (Celery) -------------------------------------------------
+    #: Times Celery re-queues a job whose in-task retries gave up on a transient error.
+    celery_max_retries: Annotated[int, Field(ge=0)] = 2
+    #: Countdown before the first Celery retry; doubles each time (60 s, then 120 s).
+    celery_retry_countdown: PositiveFloat = 60.0
+    #: Seconds after enqueue when a job expires: past it nothing is sent (outcome ``expired``),
+    #: because a late close would cut off an encoder that has legitimately reconnected.
+    job_expiry: PositiveFloat = 900.0
+    #: Redis redelivers a message not acknowledged within this many seconds (a crashed worker).
+    visibility_timeout: PositiveFloat = 300.0
+
+    # --- the worker --------------------------------------------------------------------------
+    #: Threads per worker. Closes are I/O bound (~0.4 s each), so threads, not processes.
+    worker_concurrency: PositiveInt = 32
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["text", "json"] = "text"
+
+    @field_validator("api_url")
+    @classmethod
+    def _check_api_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("https", "http") or not parts.hostname:
+            raise ValueError("must be an http(s) URL such as https://api.scaleengine.net/stable/")
+        # Plain HTTP would send the signed request unprotected; only a local sandbox may use it.
+        if parts.scheme == "http" and not is_loopback_host(parts.hostname):
+            raise ValueError("must use https (plain http is allowed only on loopback)")
+        return value
+
+    @field_validator("redis_url", "celery_broker_url")
+    @classmethod
+    def _check_broker_url(cls, value: str | None) -> str | None:
+        if value is not None and "://" not in value:
+            raise ValueError("must be a URL such as redis://localhost:6379/0")
+        return value
+
+    @field_validator("ca_bundle")
+    @classmethod
+    def _check_ca_bundle(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"no such file: {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _check_timing(self) -> Settings:
+        longest_countdown = self.celery_retry_countdown * 2 ** max(self.celery_max_retries - 1, 0)
+        if longest_countdown * 2 > self.visibility_timeout:
+            raise ValueError(
+                "STREAMCTL_CELERY_RETRY_COUNTDOWN: the longest retry countdown "
+                f"({longest_countdown:g} s) must stay under half of "
+                f"STREAMCTL_VISIBILITY_TIMEOUT ({self.visibility_timeout:g} s)"
+            )
+        if self.retry_deadline + self.read_timeout >= self.visibility_timeout:
+            raise ValueError(
+                "STREAMCTL_RETRY_DEADLINE plus STREAMCTL_READ_TIMEOUT must stay under "
+                "STREAMCTL_VISIBILITY_TIMEOUT, or a running job is redelivered"
+            )
+        if self.visibility_timeout >= self.job_expiry:
+            raise ValueError(
+                f"STREAMCTL_VISIBILITY_TIMEOUT ({self.visibility_timeout:g} s) must be shorter "
+                f"than STREAMCTL_JOB_EXPIRY ({self.job_expiry:g} s), so that a lost job is "
+                "redelivered while it may still run"
+            )
+        return self
+
+    # --- derived -------------------------------------------------------------------------------
+
+    @property
+    def broker_url(self) -> str:
+        return self.celery_broker_url or self.redis_url
+
+    @property
+    def results_log(self) -> str:
+        return f"{self.results_channel}:log"
+
+    def require_credentials(self) -> tuple[int, str, str]:
+        """The account's (cdn, api_key, api_secret); a worker cannot start without them."""
+        missing = [
+            name
+            for name, value in (
+                ("SCALEENGINE_CDN", self.cdn),
+                ("SCALEENGINE_API_KEY", self.api_key),
+                ("SCALEENGINE_API_SECRET", self.api_secret),
+            )
+            if value is None or (isinstance(value, SecretStr) and not value.get_secret_value())
+        ]
+        if missing:
+            raise ConfigError(f"missing setting(s): {', '.join(missing)}")
+        assert self.cdn is not None and self.api_key is not None and self.api_secret is not None
+        return self.cdn, self.api_key.get_secret_value(), self.api_secret.get_secret_value()
+
+
+def _variable_name(field: str) -> str:
+    if field.isupper():  # pydantic reports a field read through an alias by that alias
+        return field
+    info = Settings.model_fields.get(field)
+    alias = info.validation_alias if info is not None else None
+    if isinstance(alias, AliasChoices):
+        return str(alias.choices[0])
+    return f"STREAMCTL_{field.upper()}" if field else "settings"
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read and validate the settings, raising ConfigError that names each bad variable.
+
+    Values are never echoed back in the message: one of them may be the secret.
+    """
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            field = str(error["loc"][0]) if error["loc"] else ""
+            message = error["msg"].removeprefix("Value error, ")
+            if field:
+                problems.append(f"{_variable_name(field)}: {message}")
+            else:
+                problems.append(message)
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems)) from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once."""
+    return load_settings()

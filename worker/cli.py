@@ -1,0 +1,176 @@
+"""The ``streamctl`` command."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from functools import wraps
+from typing import Any, TypeVar
+
+import click
+
+from worker.errors import StreamctlError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _friendly_errors(command: F) -> F:
+    """Our own errors end the command with their message and exit code 2, no traceback."""
+
+    @wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except StreamctlError as exc:
+            click.echo(f"streamctl: {exc}", err=True)
+            sys.exit(2)
+
+    return wrapper  # type: ignore[return-value]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """Close ScaleEngine live streams through a Celery job queue."""
+
+
+@main.command()
+@click.option("--app", "app_name", help="Application name (with --inst and --stream).")
+@click.option("--inst", help="Application instance.")
+@click.option("--stream", help="Stream name.")
+@click.option("--stream-id", type=int, help="Close by stream id instead.")
+@click.option("--origin-url", help="Origin to call (default: SCALEENGINE_ORIGIN_URL, if set).")
+@click.option(
+    "--expires", type=float, help="Seconds until the job expires (default: STREAMCTL_JOB_EXPIRY)."
+)
+@click.option("--job-id", help="Your own job id: an idempotency key.")
+@click.option("--wait", is_flag=True, help="Wait for the result, print it, exit 0 only on success.")
+@click.option("--timeout", type=float, help="With --wait: seconds to wait (default: until expiry).")
+@_friendly_errors
+def close(
+    app_name: str | None,
+    inst: str | None,
+    stream: str | None,
+    stream_id: int | None,
+    origin_url: str | None,
+    expires: float | None,
+    job_id: str | None,
+    wait: bool,
+    timeout: float | None,
+) -> None:
+    """Enqueue one close and print its job id."""
+    from worker.producer import Producer
+    from worker.watch import wait_for_result
+
+    producer = Producer()
+    job_id = producer.close(
+        app=app_name,
+        inst=inst,
+        stream=stream,
+        stream_id=stream_id,
+        origin_url=origin_url,
+        expires=expires,
+        job_id=job_id,
+    )
+    click.echo(job_id)
+    if not wait:
+        return
+    settings = producer.settings
+    limit = timeout if timeout is not None else (expires or settings.job_expiry) + 30
+    result = wait_for_result(
+        producer.state.redis,
+        settings.results_channel,
+        job_id,
+        timeout=limit,
+        state_lookup=producer.state.final_result,
+    )
+    if result is None:
+        click.echo(f"streamctl: no result for job {job_id} within {limit:g} s", err=True)
+        sys.exit(3)
+    click.echo(json.dumps(result, ensure_ascii=False))
+    sys.exit(0 if result.get("outcome") == "success" else 1)
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.option(
+    "--concurrency", "-c", type=int, help="Threads (default: STREAMCTL_WORKER_CONCURRENCY)."
+)
+@click.option("--loglevel", "-l", default=None, help="Log level (default: STREAMCTL_LOG_LEVEL).")
+@click.pass_context
+@_friendly_errors
+def worker(ctx: click.Context, concurrency: int | None, loglevel: str | None) -> None:
+    """Start a worker (thread pool: closes are I/O bound). Extra options go to Celery."""
+    from config.settings import get_settings
+    from worker.logs import configure_logging
+
+    settings = get_settings()
+    settings.require_credentials()
+    configure_logging(settings)
+    from worker.app import app
+
+    argv = [
+        "worker",
+        "--pool",
+        "threads",
+        "--concurrency",
+        str(concurrency or settings.worker_concurrency),
+        "--loglevel",
+        loglevel or settings.log_level,
+        "--queues",
+        app.conf.task_default_queue,
+        "--without-mingle",
+        "--without-gossip",
+        *ctx.args,
+    ]
+    app.worker_main(argv=argv)
+
+
+@main.command()
+@click.option("--since", help="Replay from the results log first: 10m, 2h, all, or a stream id.")
+@_friendly_errors
+def watch(since: str | None) -> None:
+    """Print results as JSON lines as they arrive."""
+    from config.settings import get_settings
+    from worker.runtime import redis_client
+    from worker.watch import follow
+
+    settings = get_settings()
+    client = redis_client(settings)
+    try:
+        for _entry_id, result in follow(client, settings.results_log, since=since):
+            click.echo(json.dumps(result, ensure_ascii=False))
+    except KeyboardInterrupt:
+        pass
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Loopback address to bind.")
+@click.option("--port", default=8089, show_default=True, type=int)
+@_friendly_errors
+def sandbox(host: str, port: int) -> None:
+    """Serve a local ScaleEngine-compatible API (for tests and demos)."""
+    from config.settings import get_settings
+    from worker.sandbox import Sandbox
+
+    cdn, api_key, secret = get_settings().require_credentials()
+    server = Sandbox(secret=secret, api_key=api_key, cdn=cdn, host=host, port=port)
+    click.echo(f"sandbox listening on {server.url}  (SCALEENGINE_API_URL={server.url})")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+
+
+@main.command()
+@click.option("--jobs", default=40, show_default=True, help="Closes to enqueue.")
+@click.option("--concurrency", default=8, show_default=True, help="Worker threads.")
+@_friendly_errors
+def demo(jobs: int, concurrency: int) -> None:
+    """Run everything locally: embedded Redis, sandbox with faults, a worker; enqueue closes."""
+    from worker.demo import run_demo
+
+    sys.exit(run_demo(jobs=jobs, concurrency=concurrency))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,144 @@
+"""The ScaleEngine client: sign at send time, send, classify, retry. No Celery in here.
+
+Every HTTP attempt claims a fresh timestamp (strictly greater than any used before for the
+same account and target) and is signed just before it is sent, so no request body is ever
+sent twice and no signature is ever stored.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from pydantic import SecretStr
+
+from worker import http
+from worker.errors import ApiError, JobExpired, TimestampRejected
+from worker.results import Attempt
+from worker.retry import RetryPolicy
+from worker.signing import CLOSE_COMMAND, request_fields, signed_body
+from worker.targets import CloseJob
+from worker.timestamps import TimestampClock
+
+log = logging.getLogger("streamctl.client")
+
+#: Called before every HTTP attempt (the cluster-wide rate limiter hooks in here).
+BeforeSend = Callable[[], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    cdn: int
+    api_key: SecretStr
+    api_secret: SecretStr
+
+
+class ScaleEngineClient:
+    def __init__(
+        self,
+        *,
+        api_url: str,
+        account: Account,
+        clock: TimestampClock,
+        sessions: http.SessionPool,
+        policy: RetryPolicy,
+        timeout: tuple[float, float],
+        before_send: BeforeSend | None = None,
+    ) -> None:
+        self._url = api_url
+        self._account = account
+        self._clock = clock
+        self._sessions = sessions
+        self._policy = policy
+        self._timeout = timeout
+        self._before_send = before_send
+
+    def __repr__(self) -> str:
+        return f"ScaleEngineClient(url={self._url!r}, cdn={self._account.cdn})"
+
+    @property
+    def cdn(self) -> int:
+        return self._account.cdn
+
+    def close_stream(
+        self,
+        job: CloseJob,
+        *,
+        origin_url: str | None,
+        expires_at: float,
+        deadline: float,
+        on_attempt: Callable[[Attempt], None],
+        label: str = "",
+    ) -> http.ApiSuccess:
+        """Close ``job``'s stream, retrying transient failures within ``deadline`` seconds.
+
+        Raises the last ApiError when the API refused or the retries ran out, and JobExpired
+        when ``expires_at`` (unix time) passes before a request could be sent.
+        """
+        resigned = False
+
+        def attempt() -> http.ApiSuccess:
+            nonlocal resigned
+            try:
+                return self._send_once(job, origin_url, expires_at, on_attempt, label)
+            except TimestampRejected:
+                if resigned:
+                    raise
+                resigned = True
+                log.warning(
+                    "API refused the timestamp as out of range (code 0002): re-signing once; "
+                    "check this machine's clock (NTP), it may be skewed [%s]",
+                    label,
+                )
+                return self._send_once(job, origin_url, expires_at, on_attempt, label)
+
+        return self._policy.run(attempt, deadline=deadline)
+
+    def _send_once(
+        self,
+        job: CloseJob,
+        origin_url: str | None,
+        expires_at: float,
+        on_attempt: Callable[[Attempt], None],
+        label: str,
+    ) -> http.ApiSuccess:
+        if self._before_send is not None:
+            self._before_send()
+        timestamp = self._clock.claim(job.target.key)
+        # Checked after the claim, which may have waited: nothing is sent once the job expired.
+        if time.time() >= expires_at:
+            raise JobExpired("the job expired before it could be sent")
+        fields = request_fields(
+            command=CLOSE_COMMAND,
+            api_key=self._account.api_key.get_secret_value(),
+            timestamp=timestamp,
+            cdn=self._account.cdn,
+            job=job,
+            origin_url=origin_url,
+        )
+        body = signed_body(fields, self._account.api_secret.get_secret_value())
+        started = time.monotonic()
+        status: int | None = None
+        error: str | None = None
+        try:
+            response = http.send(self._sessions, self._url, body, timeout=self._timeout)
+            status = response.status_code
+            return http.classify(response)
+        except ApiError as exc:
+            error = f"{type(exc).__name__}: {exc.message}"
+            raise
+        finally:
+            duration = round(time.monotonic() - started, 4)
+            on_attempt(
+                Attempt(timestamp=timestamp, http_status=status, error=error, duration=duration)
+            )
+            log.info(
+                "attempt [%s] timestamp=%d http_status=%s duration=%.3fs%s",
+                label,
+                timestamp,
+                status,
+                duration,
+                f" error={error}" if error else "",
+            )

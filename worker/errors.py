@@ -1,0 +1,120 @@
+"""The one place where every failure streamctl can meet is named.
+
+The tree is split the way the retry policy needs it: anything under ``TransientError`` may
+succeed if the same close is signed afresh and sent again later; anything under
+``PermanentError`` will not, so it is never retried. The retry predicate is therefore a plain
+``isinstance`` check (see ``worker.retry``), never a match on a message.
+
+No exception here ever carries the API secret, the request body or its signature: they are
+built from the response, the target and the HTTP status only.
+"""
+
+from __future__ import annotations
+
+
+class StreamctlError(Exception):
+    """Base of every error raised by streamctl itself."""
+
+
+# --- configuration and input -------------------------------------------------------------
+
+
+class ConfigError(StreamctlError):
+    """A setting is missing or malformed; the message names the environment variable."""
+
+
+class InvalidTarget(StreamctlError, ValueError):
+    """A close-stream job names no valid target (outcome ``rejected``, never sent)."""
+
+
+# --- talking to the API --------------------------------------------------------------------
+
+
+class ApiError(StreamctlError):
+    """A single HTTP attempt against the API did not succeed.
+
+    ``http_status`` is None when no response arrived; ``api_code`` is the ``code`` field of a
+    ``"status": "failure"`` reply, when there was one.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        http_status: int | None = None,
+        api_code: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.http_status = http_status
+        self.api_code = api_code
+
+
+class TransientError(ApiError):
+    """Sending the same close again later, freshly signed, may succeed."""
+
+    #: Seconds the server asked us to wait (HTTP Retry-After), if it said.
+    retry_after: float | None = None
+
+
+class ConnectionFailed(TransientError):
+    """No connection could be made, or it broke before a full reply arrived."""
+
+
+class RequestTimedOut(TransientError):
+    """The connect or read timeout passed."""
+
+
+class ServerError(TransientError):
+    """HTTP 5xx."""
+
+
+class RateLimited(TransientError):
+    """HTTP 429; ``retry_after`` holds the server's Retry-After when given."""
+
+    def __init__(self, message: str, *, retry_after: float | None, http_status: int = 429):
+        super().__init__(message, http_status=http_status)
+        self.retry_after = retry_after
+
+
+class InvalidResponse(TransientError):
+    """HTTP 200 whose body is not the JSON object the API promises (a proxy's error page...)."""
+
+
+class ApiUnavailable(TransientError):
+    """``"status": "failure"`` with code 0004 (unexpected error): worth another try."""
+
+
+class ApiBusy(TransientError):
+    """``"status": "failure"`` with code 1000: the API asks for less traffic; back off hard."""
+
+
+class PermanentError(ApiError):
+    """Sending the same close again will not help."""
+
+
+class ApiRefused(PermanentError):
+    """``"status": "failure"``: the API refused the close (auth, unknown stream, ...)."""
+
+
+class TimestampRejected(PermanentError):
+    """Code 0002, timestamp outside the valid range.
+
+    Permanent in itself (a skewed clock stays skewed), but the client re-signs once with a
+    fresh timestamp before giving up, since a request can also be delayed in flight.
+    """
+
+
+class TlsFailed(PermanentError):
+    """The API's TLS certificate did not verify: a configuration fault, never retried."""
+
+
+class HttpRefused(PermanentError):
+    """HTTP 4xx other than 429."""
+
+
+# --- job lifecycle ----------------------------------------------------------------------------
+
+
+class JobExpired(StreamctlError):
+    """The job's expiry passed before it could be sent (outcome ``expired``)."""

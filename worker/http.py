@@ -1,0 +1,160 @@
+"""HTTP to the API: one keep-alive session per thread, and classifying what came back.
+
+``classify`` turns one reply into success or an exception from ``worker.errors``; ``send``
+turns transport failures into the same tree. Nothing here reads or writes the request body
+beyond handing it to requests, and no message built here quotes it.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import requests
+from requests.adapters import HTTPAdapter
+
+from worker.errors import (
+    ApiBusy,
+    ApiError,
+    ApiRefused,
+    ApiUnavailable,
+    ConnectionFailed,
+    HttpRefused,
+    InvalidResponse,
+    RateLimited,
+    RequestTimedOut,
+    ServerError,
+    TimestampRejected,
+    TlsFailed,
+)
+from worker.results import parse_handle_time
+
+USER_AGENT = "streamctl/0.1 (+python-requests)"
+_MAX_MESSAGE = 200
+
+
+@dataclass(frozen=True, slots=True)
+class ApiSuccess:
+    message: str
+    handle_time: float | None
+
+
+class SessionPool:
+    """One ``requests.Session`` per thread, each with one keep-alive connection.
+
+    A worker thread sends one request at a time, so a per-thread pool of one connection sizes
+    the whole pool to the worker's concurrency without sharing a pool across threads.
+    TLS verification is always on: ``verify`` is True or a CA bundle, never False.
+    """
+
+    def __init__(self, *, ca_bundle: Path | None = None) -> None:
+        self._verify: bool | str = str(ca_bundle) if ca_bundle is not None else True
+        self._local = threading.local()
+
+    @property
+    def verify(self) -> bool | str:
+        return self._verify
+
+    def session(self) -> requests.Session:
+        session: requests.Session | None = getattr(self._local, "session", None)
+        if session is None:
+            session = requests.Session()
+            adapter = HTTPAdapter(pool_connections=1, pool_maxsize=1, max_retries=0)
+            session.mount("https://", adapter)
+            session.mount("http://", adapter)
+            session.headers["User-Agent"] = USER_AGENT
+            session.verify = self._verify
+            self._local.session = session
+        return session
+
+
+def send(
+    pool: SessionPool, url: str, body: str, *, timeout: tuple[float, float]
+) -> requests.Response:
+    """POST the signed body as the form field ``json``; transport failures become ApiErrors."""
+    try:
+        return pool.session().post(
+            url,
+            data={"json": body},
+            timeout=timeout,
+            verify=pool.verify,
+            # A redirected POST would be re-sent as a GET by requests: refuse it instead.
+            allow_redirects=False,
+        )
+    except requests.exceptions.SSLError as exc:
+        raise TlsFailed(f"TLS verification failed: {_short(exc)}") from None
+    except requests.exceptions.Timeout as exc:
+        kind = "connect" if isinstance(exc, requests.exceptions.ConnectTimeout) else "read"
+        raise RequestTimedOut(
+            f"{kind} timeout after {timeout[0 if kind == 'connect' else 1]:g} s"
+        ) from None
+    except (requests.exceptions.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
+        raise ConnectionFailed(f"connection failed: {_short(exc)}") from None
+    except requests.exceptions.RequestException as exc:
+        raise ConnectionFailed(f"request failed: {type(exc).__name__}") from None
+
+
+def classify(response: requests.Response) -> ApiSuccess:
+    """Return the success, or raise the ApiError that names what the reply means."""
+    status = response.status_code
+    if status == 429:
+        raise RateLimited("HTTP 429 Too Many Requests", retry_after=retry_after(response))
+    if status >= 500:
+        raise ServerError(f"HTTP {status} from the API", http_status=status)
+    if status != 200:
+        raise HttpRefused(f"HTTP {status} from the API", http_status=status)
+    try:
+        payload: Any = json.loads(response.content)
+    except ValueError:
+        raise InvalidResponse("the reply is not JSON", http_status=status) from None
+    if not isinstance(payload, dict):
+        raise InvalidResponse("the reply is not a JSON object", http_status=status)
+    message = str(payload.get("message") or "")[:_MAX_MESSAGE]
+    outcome = payload.get("status")
+    if outcome == "success":
+        return ApiSuccess(
+            message=message, handle_time=parse_handle_time(payload.get("handle_time"))
+        )
+    if outcome != "failure":
+        raise InvalidResponse("the reply has no status of success or failure", http_status=status)
+    code = api_code(payload.get("code"))
+    error_type: type[ApiError] = {
+        "1000": ApiBusy,
+        "0004": ApiUnavailable,
+        "0002": TimestampRejected,
+    }.get(code or "", ApiRefused)
+    raise error_type(message or "the API refused the request", http_status=status, api_code=code)
+
+
+def api_code(value: object) -> str | None:
+    """Codes are four digits ("0002"); accept them as numbers too."""
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return f"{value:04d}"
+    text = str(value).strip()[:16]
+    return text.zfill(4) if text.isdigit() else text or None
+
+
+def retry_after(response: requests.Response) -> float | None:
+    """Retry-After in seconds, from either of its forms (delta-seconds or an HTTP date)."""
+    value = response.headers.get("Retry-After")
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _short(exc: BaseException) -> str:
+    return str(exc)[:_MAX_MESSAGE]

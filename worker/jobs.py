@@ -1,0 +1,204 @@
+"""Running one close-stream job, start to final result. Plain functions; the task calls them.
+
+Every path through ``run_close_job`` ends in exactly one of: a published final result, a
+request to be retried later by Celery (``RetryLater``), or ``AlreadyFinal`` for a redelivered
+job that had already ended (it is neither sent nor published again).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from worker.client import ScaleEngineClient
+from worker.errors import ApiError, InvalidTarget, JobExpired, PermanentError, TransientError
+from worker.jobstate import JobState
+from worker.results import JobResult, Outcome, isoformat, target_dict
+from worker.retry import RetryPolicy
+from worker.targets import JOB_FIELDS, CloseJob
+
+log = logging.getLogger("streamctl.jobs")
+
+#: Fields a producer adds beside the target; never sent to the API.
+META_FIELDS = ("expires_at", "enqueued_at", "batch_id")
+#: Below this many seconds before expiry another delivery is not worth scheduling.
+MIN_RETRY_WINDOW = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class RetryLater:
+    countdown: float
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class AlreadyFinal:
+    result: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One delivery of a job as the broker handed it over."""
+
+    job_id: str
+    args: tuple[Any, ...]
+    kwargs: Mapping[str, Any]
+    celery_retries: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class JobMeta:
+    expires_at: float | None
+    enqueued_at: float | None
+    batch_id: str | None
+
+
+@dataclass(slots=True)
+class JobRunner:
+    client: ScaleEngineClient
+    state: JobState
+    policy: RetryPolicy
+    job_expiry: float
+    default_origin_url: str | None
+
+    def run(self, delivery: Delivery) -> JobResult | RetryLater | AlreadyFinal:
+        existing = self.state.final_result(delivery.job_id)
+        if existing is not None:
+            log.info(
+                "job %s already ended (%s); not sent again",
+                delivery.job_id,
+                existing.get("outcome"),
+            )
+            return AlreadyFinal(existing)
+        try:
+            return self._run(delivery)
+        except Exception as exc:  # a bug must still end the job with one final result
+            log.exception("job %s: internal error", delivery.job_id)
+            return self._finish(
+                delivery,
+                None,
+                _meta_or_empty(delivery.kwargs),
+                Outcome.ERROR,
+                message=f"internal error: {type(exc).__name__}",
+            )
+
+    def _run(self, delivery: Delivery) -> JobResult | RetryLater:
+        try:
+            if delivery.args:
+                raise InvalidTarget("positional arguments are not accepted; send keyword arguments")
+            meta = parse_meta(delivery.kwargs)
+            job = CloseJob.parse({k: v for k, v in delivery.kwargs.items() if k not in META_FIELDS})
+        except InvalidTarget as exc:
+            return self._finish(
+                delivery, None, _meta_or_empty(delivery.kwargs), Outcome.REJECTED, str(exc)
+            )
+
+        now = time.time()
+        expires_at = meta.expires_at
+        if expires_at is None:
+            base = meta.enqueued_at or self.state.first_seen(delivery.job_id, now)
+            expires_at = base + self.job_expiry
+        if now >= expires_at:
+            return self._finish(
+                delivery, job, meta, Outcome.EXPIRED, "the job expired before it was sent"
+            )
+
+        label = f"job={delivery.job_id} target={job.target}"
+        try:
+            success = self.client.close_stream(
+                job,
+                origin_url=job.origin_url or self.default_origin_url,
+                expires_at=expires_at,
+                deadline=min(self.policy.deadline, expires_at - now),
+                on_attempt=lambda attempt: self.state.record_attempt(delivery.job_id, attempt),
+                label=label,
+            )
+        except JobExpired as exc:
+            return self._finish(delivery, job, meta, Outcome.EXPIRED, str(exc))
+        except PermanentError as exc:
+            return self._finish(delivery, job, meta, Outcome.FAILURE, exc.message, exc)
+        except TransientError as exc:
+            left = expires_at - time.time()
+            if delivery.celery_retries < self.policy.celery_max_retries and left > MIN_RETRY_WINDOW:
+                countdown = min(self.policy.countdown(delivery.celery_retries, exc), left - 1)
+                return RetryLater(countdown=countdown, reason=exc.message)
+            return self._finish(
+                delivery, job, meta, Outcome.ERROR, f"retries exhausted: {exc.message}", exc
+            )
+        return self._finish(
+            delivery, job, meta, Outcome.SUCCESS, success.message, handle_time=success.handle_time
+        )
+
+    def _finish(
+        self,
+        delivery: Delivery,
+        job: CloseJob | None,
+        meta: JobMeta,
+        outcome: Outcome,
+        message: str,
+        error: ApiError | None = None,
+        handle_time: float | None = None,
+    ) -> JobResult:
+        origin = job.origin_url or self.default_origin_url if job is not None else None
+        result = JobResult(
+            job_id=delivery.job_id,
+            batch_id=meta.batch_id,
+            outcome=outcome,
+            cdn=self.client.cdn,
+            target=target_dict(job.target if job else None, dict(delivery.kwargs)),
+            origin_url=origin,
+            message=message,
+            api_code=error.api_code if error is not None else None,
+            handle_time=handle_time,
+            attempts=self.state.attempts(delivery.job_id),
+            enqueued_at=_iso(meta.enqueued_at),
+        )
+        if not self.state.publish_final(result):
+            log.info(
+                "job %s already had a final result; this one was not published", delivery.job_id
+            )
+        else:
+            log.info("outcome [job=%s] %s: %s", delivery.job_id, outcome, message)
+        return result
+
+
+def parse_meta(kwargs: Mapping[str, Any]) -> JobMeta:
+    """The producer's metadata fields; raises InvalidTarget naming a malformed one."""
+
+    def moment(name: str) -> float | None:
+        value = kwargs.get(name)
+        if value is None:
+            return None
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+        ):
+            raise InvalidTarget(f"{name} must be a unix time in seconds (a number)")
+        return float(value)
+
+    batch_id = kwargs.get("batch_id")
+    if batch_id is not None and (not isinstance(batch_id, str) or not 0 < len(batch_id) <= 64):
+        raise InvalidTarget("batch_id must be a string of 1 to 64 characters")
+    return JobMeta(
+        expires_at=moment("expires_at"), enqueued_at=moment("enqueued_at"), batch_id=batch_id
+    )
+
+
+def _meta_or_empty(kwargs: Mapping[str, Any]) -> JobMeta:
+    try:
+        return parse_meta(kwargs)
+    except InvalidTarget:
+        return JobMeta(None, None, None)
+
+
+def _iso(moment: float | None) -> str | None:
+    return None if moment is None else isoformat(datetime.fromtimestamp(moment, UTC))
+
+
+__all__ = ["JOB_FIELDS", "META_FIELDS", "AlreadyFinal", "Delivery", "JobRunner", "RetryLater"]

@@ -1,0 +1,119 @@
+"""Enqueueing close-stream jobs by task name: producers need no task code.
+
+A producer validates the target first (a bad job raises ``InvalidTarget`` and nothing is
+enqueued) and may pass its own job id as an idempotency key: a job id that is pending or done
+is not enqueued again, so the stream is not closed twice.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+from celery import Celery
+
+from config.settings import Settings, get_settings
+from worker.app import CLOSE_TASK
+from worker.app import app as default_app
+from worker.errors import StreamctlError
+from worker.jobstate import JobState
+from worker.runtime import job_state, redis_client
+from worker.targets import CloseJob, check_origin_url
+
+#: Publishing gives up after about a second: a producer must learn at once that the broker is
+#: unreachable rather than hang, and nothing is half-enqueued.
+PUBLISH_RETRY_POLICY = {
+    "max_retries": 2,
+    "interval_start": 0.2,
+    "interval_step": 0.4,
+    "interval_max": 0.5,
+}
+
+
+class EnqueueError(StreamctlError):
+    """The job could not be handed to the broker; it was not enqueued."""
+
+
+def job_kwargs(
+    fields: dict[str, Any],
+    *,
+    origin_url: str | None = None,
+    expires: float | None = None,
+    batch_id: str | None = None,
+    settings: Settings,
+    now: float | None = None,
+) -> tuple[CloseJob, dict[str, Any]]:
+    """Validate a target and build the task's keyword arguments (no secret, no timestamp)."""
+    job = CloseJob.parse({**fields, **({"origin_url": origin_url} if origin_url else {})})
+    if origin_url is not None:
+        check_origin_url(origin_url)
+    if expires is not None and not expires > 0:
+        raise StreamctlError("expires must be a positive number of seconds")
+    enqueued_at = time.time() if now is None else now
+    kwargs: dict[str, Any] = dict(job.target.as_fields())
+    if job.origin_url is not None:
+        kwargs["origin_url"] = job.origin_url
+    kwargs["enqueued_at"] = round(enqueued_at, 3)
+    kwargs["expires_at"] = round(enqueued_at + (expires or settings.job_expiry), 3)
+    if batch_id is not None:
+        kwargs["batch_id"] = batch_id
+    return job, kwargs
+
+
+class Producer:
+    """Enqueues close-stream jobs. Thread-safe; keep one per process."""
+
+    def __init__(self, settings: Settings | None = None, app: Celery | None = None) -> None:
+        self.settings = settings or get_settings()
+        self.app = app or default_app
+        self.state: JobState = job_state(self.settings, redis_client(self.settings))
+
+    def close(
+        self,
+        *,
+        app: str | None = None,
+        inst: str | None = None,
+        stream: str | None = None,
+        stream_id: int | None = None,
+        origin_url: str | None = None,
+        expires: float | None = None,
+        job_id: str | None = None,
+        batch_id: str | None = None,
+    ) -> str:
+        """Validate and enqueue one close; return its job id."""
+        fields = {"app": app, "inst": inst, "stream": stream, "stream_id": stream_id}
+        job, kwargs = job_kwargs(
+            {k: v for k, v in fields.items() if v is not None},
+            origin_url=origin_url,
+            expires=expires,
+            batch_id=batch_id,
+            settings=self.settings,
+        )
+        job_id = job_id or str(uuid.uuid4())
+        try:
+            if not self.state.claim_job_id(job_id):
+                return job_id  # pending or done already: do not close the stream twice
+        except Exception as exc:
+            raise EnqueueError(f"Redis at REDIS_URL is unreachable: {type(exc).__name__}") from None
+        try:
+            self.app.send_task(
+                CLOSE_TASK,
+                kwargs=kwargs,
+                task_id=job_id,
+                argsrepr="()",
+                kwargsrepr=repr(dict(job.target.as_fields())),
+                retry=True,
+                retry_policy=PUBLISH_RETRY_POLICY,
+            )
+        except Exception as exc:
+            self.state.release_job_id(job_id)
+            raise EnqueueError(
+                f"could not enqueue the job: the broker is unreachable ({type(exc).__name__})"
+            ) from None
+        return job_id
+
+
+def enqueue_close(**target: Any) -> str:
+    """Validate and enqueue one close with the process-wide settings; return the job id."""
+    return Producer().close(**target)

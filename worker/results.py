@@ -1,0 +1,129 @@
+"""The result schema: the one description of what every job's final message holds.
+
+Every job ends with exactly one ``JobResult``, published as JSON on the results channel and
+appended to its ``<channel>:log`` stream (see ``worker.jobstate``). README documents the same
+fields; tests/test_results.py checks that README and this module agree.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from worker.targets import Target
+
+
+class Outcome(StrEnum):
+    SUCCESS = "success"
+    """The API answered ``"status": "success"``."""
+    FAILURE = "failure"
+    """The API refused the close (a permanent refusal, or an HTTP 4xx)."""
+    ERROR = "error"
+    """Transient failures outlasted every retry."""
+    REJECTED = "rejected"
+    """The job itself was invalid; nothing was sent."""
+    EXPIRED = "expired"
+    """The job's expiry passed before it could be sent; nothing more was sent after it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One HTTP request: its signed ``timestamp``, the HTTP status (None when no reply came),
+    the error it ended with (None on success) and how long it took in seconds."""
+
+    timestamp: int
+    http_status: int | None
+    error: str | None
+    duration: float
+
+
+@dataclass(frozen=True, slots=True)
+class JobResult:
+    job_id: str
+    outcome: Outcome
+    target: dict[str, Any]
+    command: str = "stream.close"
+    cdn: int | None = None
+    origin_url: str | None = None
+    message: str = ""
+    api_code: str | None = None
+    handle_time: float | None = None
+    attempts: list[Attempt] = field(default_factory=list)
+    enqueued_at: str | None = None
+    finished_at: str = field(default_factory=lambda: isoformat(datetime.now(UTC)))
+    worker: str = field(default_factory=lambda: worker_name())
+    batch_id: str | None = None
+    type: str = "job"
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["outcome"] = str(self.outcome)
+        return {key: data[key] for key in RESULT_FIELDS}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), ensure_ascii=False, separators=(",", ":"))
+
+
+#: The published fields, in the order they are written.
+RESULT_FIELDS = (
+    "type",
+    "job_id",
+    "batch_id",
+    "command",
+    "cdn",
+    "target",
+    "origin_url",
+    "outcome",
+    "message",
+    "api_code",
+    "handle_time",
+    "attempts",
+    "enqueued_at",
+    "finished_at",
+    "worker",
+)
+
+
+def target_dict(target: Target | None, raw: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The ``target`` field: ``{app, inst, stream}`` or ``{stream_id}``.
+
+    A rejected job has no valid target; its raw target fields are echoed, cut short, so that
+    the producer can tell which job it was.
+    """
+    if target is not None:
+        return dict(target.as_fields())
+    raw = raw or {}
+    echoed: dict[str, Any] = {}
+    for name in ("app", "inst", "stream", "stream_id"):
+        if name in raw:
+            value = raw[name]
+            echoed[name] = value if isinstance(value, int | None) else str(value)[:64]
+    return echoed
+
+
+def isoformat(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def parse_handle_time(value: object) -> float | None:
+    """``handle_time`` comes as a number or as a string like ``"0.3795 seconds"``."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str):
+        head = value.strip().split(" ", 1)[0]
+        try:
+            return float(head)
+        except ValueError:
+            return None
+    return None

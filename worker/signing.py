@@ -1,0 +1,55 @@
+"""Build and sign a ScaleEngine request: the one signing function of the project.
+
+The recipe is the vendor's PHP example: ``json_encode`` the request array, HMAC-SHA256 it with
+the secret, base64 the digest, add it as the last key ``signature`` and ``json_encode`` again.
+The result is posted as the form field ``json``. Nothing here keeps or logs what it builds.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+
+from worker.phpjson import php_json_encode
+from worker.targets import CloseJob
+
+CLOSE_COMMAND = "stream.close"
+
+
+def request_fields(
+    *,
+    command: str,
+    api_key: str,
+    timestamp: int,
+    cdn: int,
+    job: CloseJob,
+    origin_url: str | None,
+) -> dict[str, str | int]:
+    """The request array in the vendor example's key order (the HMAC depends on it)."""
+    fields: dict[str, str | int] = {
+        "command": command,
+        "api_key": api_key,
+        "timestamp": timestamp,
+        "cdn": cdn,
+    }
+    fields.update(job.target.as_fields())
+    if origin_url is not None:
+        fields["origin_url"] = origin_url
+    return fields
+
+
+def signature(fields: dict[str, str | int], secret: str) -> str:
+    """base64(HMAC-SHA256(json_encode(fields), secret)), standard padded base64."""
+    digest = hmac.new(
+        secret.encode("utf-8"), php_json_encode(fields).encode("ascii"), hashlib.sha256
+    ).digest()
+    return base64.b64encode(digest).decode("ascii")
+
+
+def signed_body(fields: dict[str, str | int], secret: str) -> str:
+    """The value of the ``json`` form field: the fields plus ``signature`` as the last key."""
+    signed = dict(fields)
+    signed.pop("signature", None)
+    signed["signature"] = signature(fields, secret)
+    return php_json_encode(signed)

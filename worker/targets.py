@@ -1,0 +1,133 @@
+"""What a close-stream job may name, validated the same way at every door.
+
+Producers validate before enqueueing (a clear error, nothing sent); the worker validates again,
+because a raw message from another language reaches it without passing through a producer.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from worker.errors import InvalidTarget
+
+#: Longest app, inst, stream or origin_url accepted. ScaleEngine's own names are far shorter;
+#: the bound keeps a broker message small and refuses garbage early.
+MAX_TEXT_LENGTH = 255
+#: ScaleEngine's stream_id is a database id; anything beyond a signed 64-bit integer is garbage.
+MAX_STREAM_ID = 2**63 - 1
+
+TARGET_FIELDS = ("app", "inst", "stream", "stream_id")
+JOB_FIELDS = (*TARGET_FIELDS, "origin_url")
+_HOSTISH = re.compile(r"^[A-Za-z0-9._\-:\[\]]+$")
+
+
+def _check_text(name: str, value: object) -> str:
+    if not isinstance(value, str):
+        raise InvalidTarget(f"{name} must be a string, not {type(value).__name__}")
+    if not value:
+        raise InvalidTarget(f"{name} must not be empty")
+    if len(value) > MAX_TEXT_LENGTH:
+        raise InvalidTarget(
+            f"{name} is {len(value)} characters long; the limit is {MAX_TEXT_LENGTH}"
+        )
+    for char in value:
+        category = unicodedata.category(char)
+        if category in ("Cc", "Cs") or char in "\u2028\u2029":
+            raise InvalidTarget(f"{name} contains a control character (U+{ord(char):04X})")
+    return value
+
+
+def _check_stream_id(value: object) -> int:
+    # Producers in other languages may send "1000"; a digit string is unambiguous, so take it.
+    if isinstance(value, str) and value.isascii() and value.isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidTarget(f"stream_id must be a positive integer, not {type(value).__name__}")
+    if not 0 < value <= MAX_STREAM_ID:
+        raise InvalidTarget(f"stream_id must be a positive integer, got {value}")
+    return value
+
+
+def check_origin_url(value: object) -> str:
+    """Validate an origin host such as ``jb-origin.secdn.net``."""
+    text = _check_text("origin_url", value)
+    if not _HOSTISH.match(text):
+        raise InvalidTarget("origin_url must be a host name such as jb-origin.secdn.net")
+    return text
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Exactly one of (app, inst, stream) or stream_id."""
+
+    app: str | None = None
+    inst: str | None = None
+    stream: str | None = None
+    stream_id: int | None = None
+
+    @classmethod
+    def parse(cls, fields: Mapping[str, Any]) -> Target:
+        """Build a target from job fields, raising InvalidTarget naming what is wrong."""
+        named = [name for name in ("app", "inst", "stream") if fields.get(name) is not None]
+        has_id = fields.get("stream_id") is not None
+        if has_id and named:
+            raise InvalidTarget(
+                "give either stream_id or app, inst and stream, not both "
+                f"(got stream_id and {', '.join(named)})"
+            )
+        if has_id:
+            return cls(stream_id=_check_stream_id(fields["stream_id"]))
+        if not named:
+            raise InvalidTarget("no target: give app, inst and stream, or stream_id")
+        missing = [name for name in ("app", "inst", "stream") if name not in named]
+        if missing:
+            raise InvalidTarget(f"missing {', '.join(missing)}: app, inst and stream go together")
+        return cls(
+            app=_check_text("app", fields["app"]),
+            inst=_check_text("inst", fields["inst"]),
+            stream=_check_text("stream", fields["stream"]),
+        )
+
+    def as_fields(self) -> dict[str, str | int]:
+        """The target's request fields, in the vendor example's order."""
+        if self.stream_id is not None:
+            return {"stream_id": self.stream_id}
+        assert self.app is not None and self.inst is not None and self.stream is not None
+        return {"app": self.app, "inst": self.inst, "stream": self.stream}
+
+    @property
+    def key(self) -> str:
+        """A stable identity for this target, used to key per-target state in Redis."""
+        if self.stream_id is not None:
+            return f"id:{self.stream_id}"
+        # Length-prefixed so that ("a/b", "c") and ("a", "b/c") never collide.
+        parts = (self.app or "", self.inst or "", self.stream or "")
+        return "name:" + ":".join(f"{len(part)}.{part}" for part in parts)
+
+    def __str__(self) -> str:
+        if self.stream_id is not None:
+            return f"stream_id={self.stream_id}"
+        return f"{self.app}/{self.inst}/{self.stream}"
+
+
+@dataclass(frozen=True, slots=True)
+class CloseJob:
+    """A validated job: the target and, when given, the origin to call."""
+
+    target: Target
+    origin_url: str | None = None
+
+    @classmethod
+    def parse(cls, fields: Mapping[str, Any]) -> CloseJob:
+        unknown = sorted(set(fields) - set(JOB_FIELDS))
+        if unknown:
+            raise InvalidTarget(f"unknown field(s): {', '.join(map(str, unknown))}")
+        origin = fields.get("origin_url")
+        return cls(
+            target=Target.parse(fields),
+            origin_url=None if origin is None else check_origin_url(origin),
+        )
