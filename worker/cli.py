@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from collections.abc import Callable
@@ -136,11 +137,9 @@ def watch(since: str | None) -> None:
 
     settings = get_settings()
     client = redis_client(settings)
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         for _entry_id, result in follow(client, settings.results_log, since=since):
             click.echo(json.dumps(result, ensure_ascii=False))
-    except KeyboardInterrupt:
-        pass
 
 
 @main.command()
@@ -155,10 +154,8 @@ def sandbox(host: str, port: int) -> None:
     cdn, api_key, secret = get_settings().require_credentials()
     server = Sandbox(secret=secret, api_key=api_key, cdn=cdn, host=host, port=port)
     click.echo(f"sandbox listening on {server.url}  (SCALEENGINE_API_URL={server.url})")
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         server.serve_forever()
-    except KeyboardInterrupt:
-        pass
 
 
 @main.command()

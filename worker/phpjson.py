@@ -12,10 +12,12 @@ so one differing byte is a refused request. With default flags PHP:
 * fails on text that is not valid UTF-8.
 
 Python's ``json.dumps`` with ``ensure_ascii=True`` and compact separators agrees on all of that
-except the slash, which it leaves alone. Every escape either writes begins with a backslash and
-none contains ``/``, so replacing each ``/`` of the output is exact. Lone surrogates are the
-one input where they would differ (Python escapes them, PHP refuses them), so they are refused
-here too. tests/test_phpjson.py checks all of this against PHP's own json_encode.
+but two things. It leaves the slash alone: every escape either writes begins with a backslash
+and none contains ``/``, so replacing each ``/`` of the output is exact. And it escapes DEL as
+``\\u007f``: that escape is turned back into the raw byte, scanning escapes left to right so
+that an escaped backslash followed by the text ``u007f`` is left alone. Lone surrogates are the
+one input PHP refuses (invalid UTF-8) where Python would escape them, so they are refused
+too. tests/test_phpjson.py checks all of this against PHP's own json_encode.
 
 Only what a request holds is accepted: str, int (never bool or float, whose PHP spelling
 depends on ini settings) and dicts of those, in insertion order.
@@ -29,6 +31,7 @@ from collections.abc import Mapping
 
 PhpScalar = str | int
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+_BACKSLASH_OR_DEL = re.compile(r"\\\\|\\u007f")
 
 
 def _check(value: object, path: str) -> None:
@@ -36,16 +39,26 @@ def _check(value: object, path: str) -> None:
         raise TypeError(
             f"{path}: only str, int and mappings are encoded, not {type(value).__name__}"
         )
+    if isinstance(value, int) and not -(2**63) <= value < 2**63:
+        raise ValueError(f"{path}: PHP integers are 64-bit; {value} does not fit")
     if isinstance(value, str) and _LONE_SURROGATE.search(value):
         raise ValueError(f"{path}: text is not valid UTF-8 (lone surrogate)")
     if isinstance(value, Mapping):
         for key, item in value.items():
             if not isinstance(key, str):
                 raise TypeError(f"{path}: keys must be str")
+            _check(key, f"{path} key")
             _check(item, f"{path}.{key}")
 
 
 def php_json_encode(value: Mapping[str, object]) -> str:
     """Return ``json_encode($value)`` as PHP would, for an associative array of str/int."""
     _check(value, "$")
-    return json.dumps(value, ensure_ascii=True, separators=(",", ":")).replace("/", "\\/")
+    encoded = json.dumps(value, ensure_ascii=True, separators=(",", ":")).replace("/", "\\/")
+    if "\\u007f" in encoded:
+        encoded = _BACKSLASH_OR_DEL.sub(_raw_del, encoded)
+    return encoded
+
+
+def _raw_del(match: re.Match[str]) -> str:
+    return "\x7f" if match.group() == "\\u007f" else match.group()

@@ -49,7 +49,6 @@ def signature(fields: dict[str, str | int], secret: str) -> str:
 
 def signed_body(fields: dict[str, str | int], secret: str) -> str:
     """The value of the ``json`` form field: the fields plus ``signature`` as the last key."""
-    signed = dict(fields)
-    signed.pop("signature", None)
-    signed["signature"] = signature(fields, secret)
+    signed = {name: value for name, value in fields.items() if name != "signature"}
+    signed["signature"] = signature(signed, secret)
     return php_json_encode(signed)
