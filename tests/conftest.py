@@ -21,8 +21,9 @@ import redis
 from worker.redis_server import EmbeddedRedis
 
 TEST_CDN = 158
-TEST_API_KEY = "TESTKEY" + secrets.token_hex(12).upper()
-TEST_SECRET = "s3cr3t-" + secrets.token_hex(24)
+# Fixed, not random: test modules import these from tests.conftest, a second copy of this module.
+TEST_API_KEY = "TESTKEY4GKLM0RKQLSP2FBO1ROPKSSW4"
+TEST_SECRET = "s3cr3t-9f2c1e7a0b5d4c3e8f6a1b2c3d4e5f60718293a4b5c6d7e8"
 #: Quick retries so tests finish in seconds; the Settings invariants still hold.
 TEST_TUNING = {
     "STREAMCTL_BACKOFF_INITIAL": "0.2",
