@@ -173,9 +173,11 @@ def test_stale_timestamp_is_resigned_once_with_a_warning(
     sandbox: Any, redis_client: redis.Redis, caplog: pytest.LogCaptureFixture
 ) -> None:
     skewed = make_client(sandbox.url, redis_client, attempts=5, now=lambda: time.time() - 3600)
-    with caplog.at_level(logging.WARNING, logger="streamctl.client"):
-        with pytest.raises(errors.TimestampRejected) as caught:
-            close(skewed, new_job())
+    with (
+        caplog.at_level(logging.WARNING, logger="streamctl.client"),
+        pytest.raises(errors.TimestampRejected) as caught,
+    ):
+        close(skewed, new_job())
     assert caught.value.api_code == "0002"
     assert sum("clock" in record.getMessage() for record in caplog.records) == 1
     # Re-signed once: two requests, and not retried further although 5 attempts were allowed.
