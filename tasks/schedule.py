@@ -1,0 +1,13 @@
+"""The scheduled-run task beat sends: enqueue one schedule entry's targets as a batch."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from worker.app import app
+from worker.schedule_run import SCHEDULE_TASK, run_entry
+
+
+@app.task(name=SCHEDULE_TASK)
+def run_schedule(entry_name: str, slot: int) -> dict[str, Any]:
+    return run_entry(entry_name, int(slot))

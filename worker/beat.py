@@ -1,0 +1,192 @@
+"""Celery beat for the schedule file, safe when two schedulers run by mistake.
+
+Two guards, as celery-redbeat does it and one more:
+
+* a leader lock in Redis (``SET`` with a TTL, renewed on every tick by its holder only): only
+  the scheduler holding it looks at the schedule; another one stands by and takes over within
+  ``LOCK_TTL`` seconds when the holder dies;
+* a key per run (``SET NX`` on entry and slot): a run is sent only by the scheduler that
+  creates the key, so even two schedulers that both believe they hold the lock (a process
+  frozen past its TTL, then woken) cannot send a run twice.
+
+Slots come from the wall clock (``ScheduleEntry.latest_slot``), so both schedulers name a run
+alike. A scheduler remembers the last slot it saw per entry, starting from the one current at
+its start: it never sends a run that was due before it started, but a standby that takes over
+sends the current run if the old holder had not (the per-run key says whether it had).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import secrets
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import redis
+from celery.beat import Scheduler
+
+from config.settings import get_settings
+from worker.producer import PUBLISH_RETRY_POLICY
+from worker.runtime import redis_client
+from worker.schedule_run import SCHEDULE_TASK
+from worker.schedules import Schedule, ScheduleEntry, load_schedule
+
+LOCK_KEY = "streamctl:beat:lock"
+RUN_KEY = "streamctl:schedule:run:{entry}:{slot}"
+#: A capped stream of the runs sent (entry, slot, batch id, scheduler): an audit trail.
+RUNS_LOG = "streamctl:schedule:runs"
+RUNS_LOG_MAXLEN = 10_000
+#: A standby takes over this long after the holder stopped renewing. Short enough that a cron
+#: run (recognised during its own minute only) is still sent after a takeover.
+LOCK_TTL = 20.0
+#: The holder renews, and a standby retries, this often: several renewals fit in one TTL.
+RENEW_EVERY = LOCK_TTL / 4
+#: Sleep a little past a slot boundary, so that the tick after it sees the new slot.
+_PAST_BOUNDARY = 0.01
+
+logger = logging.getLogger("streamctl.beat")
+
+_HOLD = """
+local holder = redis.call('GET', KEYS[1])
+if holder == false or holder == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', tonumber(ARGV[2]))
+  return 1
+end
+return 0
+"""
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
+class LeaderLock:
+    """A Redis lock with a TTL, taken or renewed atomically by ``hold`` and only by its holder."""
+
+    def __init__(self, client: redis.Redis, key: str = LOCK_KEY, ttl: float = LOCK_TTL) -> None:
+        self.client = client
+        self.key = key
+        self.ttl_ms = int(ttl * 1000)
+        #: Who holds it, readable in Redis when two schedulers are suspected.
+        self.token = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        self._hold = client.register_script(_HOLD)
+        self._release = client.register_script(_RELEASE)
+
+    def hold(self) -> bool:
+        """Take the lock or extend it; False while another scheduler holds it."""
+        return bool(self._hold(keys=[self.key], args=[self.token, self.ttl_ms]))
+
+    def release(self) -> None:
+        self._release(keys=[self.key], args=[self.token])
+
+
+class LockedScheduler(Scheduler):  # type: ignore[misc]  # Celery ships no type hints
+    """A beat scheduler that runs ``STREAMCTL_SCHEDULE_FILE`` while it holds the leader lock."""
+
+    _schedule_file: Schedule
+    _lock: LeaderLock
+    _redis: redis.Redis
+    _seen: dict[str, int | None]
+    _holding: bool | None = None
+
+    def __init__(self, *args: Any, schedule_path: Path | None = None, **kwargs: Any) -> None:
+        #: None: STREAMCTL_SCHEDULE_FILE, which workers read too (another path is for tests).
+        self._schedule_path = schedule_path
+        super().__init__(*args, **kwargs)
+
+    def setup_schedule(self) -> None:
+        settings = get_settings()
+        self._schedule_file = load_schedule(self._schedule_path or settings.schedule_file)
+        self._redis = redis_client(settings)
+        self._lock = LeaderLock(self._redis)
+        now = time.time()
+        self._seen = {entry.name: entry.latest_slot(now) for entry in self._schedule_file.entries}
+
+    @property
+    def info(self) -> str:
+        # Beat's banner asks a lazy instance, one that never ran setup_schedule.
+        return f"    . schedule -> {get_settings().schedule_file}\n    . lock -> {LOCK_KEY}"
+
+    def tick(self, *args: Any, **kwargs: Any) -> float:
+        """Send the runs that came due; return the seconds to sleep before the next tick."""
+        if not self._take_lock():
+            return RENEW_EVERY
+        entries = self._schedule_file.entries
+        now = time.time()
+        for entry in entries:
+            slot = entry.latest_slot(now)
+            if slot is not None and slot != self._seen.get(entry.name) and self._run(entry, slot):
+                self._seen[entry.name] = slot
+        if not entries:
+            return RENEW_EVERY
+        wait = min(entry.seconds_to_next_slot(time.time()) for entry in entries)
+        return min(wait + _PAST_BOUNDARY, RENEW_EVERY)
+
+    def close(self) -> None:
+        if self._holding:
+            # A standby takes over at once, not after the TTL; if Redis is gone, the TTL does it.
+            with contextlib.suppress(redis.RedisError):
+                self._lock.release()
+        super().close()
+
+    # --- internals -----------------------------------------------------------------------------
+
+    def _take_lock(self) -> bool:
+        try:
+            holding = self._lock.hold()
+        except redis.RedisError as exc:
+            logger.warning("beat: Redis unreachable (%s); not scheduling", type(exc).__name__)
+            holding = False
+        if holding != self._holding:
+            if holding:
+                logger.info("beat: holding the schedule lock %s; running the schedule", LOCK_KEY)
+            else:
+                logger.info("beat: another scheduler holds %s; standing by", LOCK_KEY)
+            self._holding = holding
+        return holding
+
+    def _run(self, entry: ScheduleEntry, slot: int) -> bool:
+        """Send the run at ``slot`` unless another scheduler did; False to try again later."""
+        key = RUN_KEY.format(entry=entry.name, slot=slot)
+        batch_id = entry.batch_id(slot)
+        try:
+            # The key outlives the time during which any scheduler may take this slot as due.
+            if not self._redis.set(key, self._lock.token, nx=True, ex=2 * entry.period + 60):
+                logger.info("beat: run %s was sent by another scheduler", batch_id)
+                return True
+        except redis.RedisError as exc:
+            logger.warning(
+                "beat: Redis unreachable (%s); run %s waits", type(exc).__name__, batch_id
+            )
+            return False
+        try:
+            self.app.send_task(
+                SCHEDULE_TASK,
+                args=[entry.name, slot],
+                task_id=f"schedule-{batch_id}",
+                retry=True,
+                retry_policy=PUBLISH_RETRY_POLICY,
+            )
+        except Exception as exc:
+            logger.error("beat: could not send run %s (%s); retrying", batch_id, type(exc).__name__)
+            with contextlib.suppress(redis.RedisError):
+                self._redis.delete(key)  # so that the next tick may send it
+            return False
+        logger.info(
+            "beat: sent run %s", batch_id, extra={"event": "schedule_sent", "batch_id": batch_id}
+        )
+        self._record(entry, slot, batch_id)
+        return True
+
+    def _record(self, entry: ScheduleEntry, slot: int, batch_id: str) -> None:
+        fields = {"entry": entry.name, "slot": slot, "batch_id": batch_id, "by": self._lock.token}
+        try:
+            self._redis.xadd(RUNS_LOG, fields, maxlen=RUNS_LOG_MAXLEN, approximate=True)  # type: ignore[arg-type]
+        except redis.RedisError:
+            logger.warning("beat: run %s sent but not recorded in %s", batch_id, RUNS_LOG)
