@@ -5,15 +5,21 @@ Every value comes from the one settings object; nothing here is a second source 
 
 from __future__ import annotations
 
-from config.settings import get_settings
+from config.settings import get_settings as _get_settings
 
-_settings = get_settings()
+_settings = _get_settings()
 
 broker_url = _settings.broker_url
 result_backend = _settings.redis_url
 # Redis redelivers a message that was not acknowledged within this time (a crashed worker).
 # Kept shorter than a job's expiry and longer than any countdown (checked by Settings).
-broker_transport_options = {"visibility_timeout": _settings.visibility_timeout}
+# Kombu sweeps for such messages every interval x throttle seconds, 100 s by default, which
+# would add up to 100 s to a lost job's wait: sweep every tenth of the timeout (10 s at most).
+broker_transport_options = {
+    "visibility_timeout": _settings.visibility_timeout,
+    "unacked_restore_interval": max(1, min(10, round(_settings.visibility_timeout / 10))),
+    "unacked_restore_throttle": 1,
+}
 result_backend_transport_options = {"retry_policy": {"timeout": 5.0}}
 broker_connection_retry_on_startup = True
 
@@ -35,7 +41,7 @@ result_expires = _settings.result_ttl
 worker_send_task_events = True
 task_send_sent_event = True
 
-# The task's own module, named by string: the app has no import on tasks/.
-imports = ("tasks.close",)
+# The task modules, named by string: the app has no import on tasks/.
+imports = ("tasks.close", "tasks.schedule")
 task_default_queue = "streamctl"
 worker_hijack_root_logger = False

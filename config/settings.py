@@ -13,6 +13,7 @@ worker is redelivered while it may still run.
 from __future__ import annotations
 
 import ipaddress
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
@@ -46,6 +47,31 @@ def is_loopback_host(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+_RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(s|sec|second|m|min|minute|h|hour)\s*$")
+_RATE_UNITS = {"s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60}
+_RATE_UNITS.update({"h": 3600, "hour": 3600})
+
+
+def parse_rate(value: object) -> float | None:
+    """A rate such as ``20/s``, ``1200/m`` or ``20`` (per second), in requests per second.
+
+    None or an empty string means no limit. Raises ValueError on anything else.
+    """
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        per_second = float(value)
+    elif isinstance(value, str) and (match := _RATE.match(value)):
+        per_second = float(match[1]) / _RATE_UNITS[match[2]]
+    elif isinstance(value, str) and value.strip().replace(".", "", 1).isdigit():
+        per_second = float(value)
+    else:
+        raise ValueError("must be a rate such as 20/s, 1200/m or 5000/h")
+    if not per_second > 0:
+        raise ValueError("must be a positive rate such as 20/s")
+    return per_second
 
 
 class Settings(BaseSettings):
@@ -116,6 +142,37 @@ class Settings(BaseSettings):
     worker_concurrency: PositiveInt = 32
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"
+    #: Port of the worker's Prometheus exporter. Unset: no exporter, as a fixed default port
+    #: would collide when several workers share a host.
+    metrics_port: int | None = Field(None, gt=0, lt=65536)
+
+    # --- the cluster-wide rate limit (worker.ratelimit) -------------------------------------
+    #: API requests per second for all workers together, given as ``20/s``, ``1200/m``...;
+    #: unset means no limit. Every HTTP attempt counts, retries included.
+    rate_limit: float | None = None
+    #: Requests that may go back to back after a quiet spell. 10 lets a batch start at once
+    #: without a visible spike: any one second sees at most the rate plus this burst.
+    rate_burst: PositiveInt = 10
+    #: HTTP requests in flight at once across all workers; unset means only the workers'
+    #: thread counts bound it. A crashed worker's slots free themselves after the timeouts.
+    max_in_flight: PositiveInt | None = None
+    #: While the API answers code 1000 ("too much traffic, try again in a few minutes") the
+    #: whole cluster sends at most this rate, for STREAMCTL_BUSY_BACKOFF seconds after the last
+    #: such answer: one request a second probes for recovery without adding load.
+    busy_rate: float = 1.0
+    #: A worker thread waits at most this long for the limiter; a job that would wait longer
+    #: goes back to the broker with a countdown, so throttled jobs do not pin threads.
+    throttle_hold: PositiveFloat = 5.0
+
+    # --- schedules (worker.schedules, ``streamctl beat``) -------------------------------------
+    #: The schedule of mass reconnects, relative to the working directory: the repository's
+    #: own example file, empty, so that ``streamctl beat`` starts on a fresh checkout.
+    schedule_file: Path = Path("config/schedules.toml")
+
+    @field_validator("rate_limit", "busy_rate", mode="before")
+    @classmethod
+    def _check_rate(cls, value: object) -> float | None:
+        return parse_rate(value)
 
     @field_validator("api_url")
     @classmethod

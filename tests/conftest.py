@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import signal
 import subprocess
 import sys
 import time
@@ -116,20 +117,31 @@ def producer() -> Any:
 class WorkerProcess:
     """``streamctl worker`` as a real process, its output kept in a log file."""
 
-    def __init__(self, log_path: Path, *, concurrency: int = 8, env: dict[str, str] | None = None):
+    def __init__(
+        self,
+        log_path: Path,
+        *,
+        concurrency: int = 8,
+        env: dict[str, str] | None = None,
+        args: tuple[str, ...] = (),
+    ):
         self.log_path = log_path
         self.concurrency = concurrency
         self.env = {**os.environ, **(env or {})}
+        self.args = args  # extra options for Celery's worker, e.g. ("-Q", "a-queue")
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 30.0) -> WorkerProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log_file:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "worker.cli", "worker", "-c", str(self.concurrency)],
+                [sys.executable, "-m", "worker.cli", "worker", "-c", str(self.concurrency)]
+                + list(self.args),
                 env=self.env,
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
+                # Its own process group, so that kill() takes the whole worker down at once.
+                start_new_session=True,
             )
         deadline = time.monotonic() + timeout
         while b" ready." not in self.log_path.read_bytes():
@@ -137,6 +149,12 @@ class WorkerProcess:
                 raise RuntimeError("worker did not start:\n" + self.log_path.read_text()[-3000:])
             time.sleep(0.1)
         return self
+
+    def kill(self) -> None:
+        """SIGKILL the worker's whole process group, as a crash or the OOM killer would."""
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None

@@ -111,7 +111,7 @@ def test_watch_since_replays_results(worker: Any, producer: Any) -> None:
     try:
         assert watcher.stdout is not None
         for line in watcher.stdout:
-            if json.loads(line)["job_id"] == job_id:
+            if json.loads(line).get("job_id") == job_id:
                 found = True
                 break
     finally:

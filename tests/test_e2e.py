@@ -47,7 +47,7 @@ def test_close_succeeds_and_result_is_on_channel_and_in_stream(
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline and not published:
         message = pubsub.get_message(timeout=0.5)
-        if message and json.loads(message["data"])["job_id"] == job_id:
+        if message and json.loads(message["data"]).get("job_id") == job_id:
             published.append(json.loads(message["data"]))
     pubsub.close()
     assert published == [result]
@@ -55,7 +55,7 @@ def test_close_succeeds_and_result_is_on_channel_and_in_stream(
     logged = [
         json.loads(fields[b"result"])
         for _id, fields in redis_client.xrange(settings.results_log)
-        if json.loads(fields[b"result"])["job_id"] == job_id
+        if json.loads(fields[b"result"]).get("job_id") == job_id
     ]
     assert logged == [result]
     assert len(sandbox.requests_for(target)) == 1

@@ -29,14 +29,19 @@ NAMED = {"app": "demo-origin", "inst": "live", "stream": "my_live_stream"}
 BY_ID = {"stream_id": 1000}
 
 # Distinct timestamps inside the window, so two requests for one target never share a body.
-_timestamps = itertools.count(int(time.time()) - 250)
+# Relative to the clock at each use: the suite may reach this file minutes after importing it.
+_sequence = itertools.count()
+
+
+def next_timestamp() -> int:
+    return int(time.time()) - 280 + next(_sequence) % 560
 
 
 def fields_for(target: dict[str, Any] = NAMED, **overrides: Any) -> dict[str, str | int]:
     fields = request_fields(
         command=overrides.pop("command", "stream.close"),
         api_key=overrides.pop("api_key", API_KEY),
-        timestamp=overrides.pop("timestamp", next(_timestamps)),
+        timestamp=overrides.pop("timestamp", next_timestamp()),
         cdn=overrides.pop("cdn", CDN),
         job=CloseJob.parse(target),
         origin_url=overrides.pop("origin_url", None),

@@ -2,10 +2,28 @@
 
 from __future__ import annotations
 
-from celery import Celery
+from celery import Celery, signals
 
+from worker import brokerfix
+
+brokerfix.install()  # keeps a worker alive through a Redis restart (see worker.brokerfix)
 app = Celery("streamctl")
 app.config_from_object("config.celeryconfig")
 
 #: The stable task name; producers in any language enqueue by it.
 CLOSE_TASK = "scaleengine.stream.close"
+
+
+def _start_metrics_exporter(**_: object) -> None:
+    """A worker serves its Prometheus metrics when STREAMCTL_METRICS_PORT is set.
+
+    ``worker_init`` fires in the process that runs the tasks (the pool is threads), before the
+    worker reports ready, whether it was started by ``streamctl worker`` or ``celery worker``.
+    """
+    from config.settings import get_settings
+    from worker.metrics import start_exporter
+
+    start_exporter(get_settings().metrics_port)
+
+
+signals.worker_init.connect(_start_metrics_exporter, weak=False)

@@ -5,29 +5,17 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
-from collections.abc import Callable
-from functools import wraps
-from typing import Any, TypeVar
 
 import click
 
-from worker.errors import StreamctlError
+from worker.beat_cli import beat
+from worker.cli_errors import friendly_errors
+from worker.flower_cli import flower
+from worker.health import check
+from worker.reconnect_cli import batch, reconnect
 
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def _friendly_errors(command: F) -> F:
-    """Our own errors end the command with their message and exit code 2, no traceback."""
-
-    @wraps(command)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return command(*args, **kwargs)
-        except StreamctlError as exc:
-            click.echo(f"streamctl: {exc}", err=True)
-            sys.exit(2)
-
-    return wrapper  # type: ignore[return-value]
+# Shared with the commands defined in their own modules (they cannot import this one).
+_friendly_errors = friendly_errors
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -168,6 +156,12 @@ def demo(jobs: int, concurrency: int) -> None:
 
     sys.exit(run_demo(jobs=jobs, concurrency=concurrency))
 
+
+main.add_command(flower)
+main.add_command(check)
+main.add_command(reconnect)
+main.add_command(batch)
+main.add_command(beat)
 
 if __name__ == "__main__":
     main()

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from pydantic import SecretStr
 
-from worker import http
+from worker import http, metrics
 from worker.errors import ApiError, JobExpired, TimestampRejected
 from worker.results import Attempt
 from worker.retry import RetryPolicy
@@ -24,8 +24,22 @@ from worker.timestamps import TimestampClock
 
 log = logging.getLogger("streamctl.client")
 
-#: Called before every HTTP attempt (the cluster-wide rate limiter hooks in here).
-BeforeSend = Callable[[], None]
+
+@dataclass(frozen=True, slots=True)
+class SendContext:
+    """What the hook before each attempt knows of the job: no secret, no request body."""
+
+    job_id: str | None
+    batch_id: str | None
+    expires_at: float
+
+
+#: Called after every HTTP attempt with the ApiError it ended with (None: success, or no reply
+#: was classified): the rate limiter frees its in-flight slot and notes code 1000 here.
+AfterSend = Callable[[ApiError | None], None]
+#: Called before every HTTP attempt (the cluster-wide rate limiter and the batch cancel check
+#: hook in here). It may sleep, or raise JobCancelled, Throttled or JobExpired to send nothing.
+BeforeSend = Callable[[SendContext], AfterSend | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +85,8 @@ class ScaleEngineClient:
         deadline: float,
         on_attempt: Callable[[Attempt], None],
         label: str = "",
+        job_id: str | None = None,
+        batch_id: str | None = None,
     ) -> http.ApiSuccess:
         """Close ``job``'s stream, retrying transient failures within ``deadline`` seconds.
 
@@ -78,11 +94,24 @@ class ScaleEngineClient:
         when ``expires_at`` (unix time) passes before a request could be sent.
         """
         resigned = False
+        context = SendContext(job_id=job_id, batch_id=batch_id, expires_at=expires_at)
+
+        def send() -> http.ApiSuccess:
+            after = self._before_send(context) if self._before_send is not None else None
+            failure: ApiError | None = None
+            try:
+                return self._send_once(job, origin_url, expires_at, on_attempt, label, job_id)
+            except ApiError as exc:
+                failure = exc
+                raise
+            finally:
+                if after is not None:
+                    after(failure)
 
         def attempt() -> http.ApiSuccess:
             nonlocal resigned
             try:
-                return self._send_once(job, origin_url, expires_at, on_attempt, label)
+                return send()
             except TimestampRejected:
                 if resigned:
                     raise
@@ -91,8 +120,9 @@ class ScaleEngineClient:
                     "API refused the timestamp as out of range (code 0002): re-signing once; "
                     "check this machine's clock (NTP), it may be skewed [%s]",
                     label,
+                    extra={"event": "clock_skew", "job_id": job_id},
                 )
-                return self._send_once(job, origin_url, expires_at, on_attempt, label)
+                return send()
 
         return self._policy.run(attempt, deadline=deadline)
 
@@ -103,9 +133,8 @@ class ScaleEngineClient:
         expires_at: float,
         on_attempt: Callable[[Attempt], None],
         label: str,
+        job_id: str | None = None,
     ) -> http.ApiSuccess:
-        if self._before_send is not None:
-            self._before_send()
         timestamp = self._clock.claim(job.target.key)
         # Checked after the claim, which may have waited: nothing is sent once the job expired.
         if time.time() >= expires_at:
@@ -122,18 +151,21 @@ class ScaleEngineClient:
         started = time.monotonic()
         status: int | None = None
         error: str | None = None
+        error_class: str | None = None
         try:
             response = http.send(self._sessions, self._url, body, timeout=self._timeout)
             status = response.status_code
             return http.classify(response)
         except ApiError as exc:
-            error = f"{type(exc).__name__}: {exc.message}"
+            error_class = type(exc).__name__
+            error = f"{error_class}: {exc.message}"
             raise
         finally:
             duration = round(time.monotonic() - started, 4)
             on_attempt(
                 Attempt(timestamp=timestamp, http_status=status, error=error, duration=duration)
             )
+            metrics.observe_attempt(status, error_class, duration)
             log.info(
                 "attempt [%s] timestamp=%d http_status=%s duration=%.3fs%s",
                 label,
@@ -141,4 +173,13 @@ class ScaleEngineClient:
                 status,
                 duration,
                 f" error={error}" if error else "",
+                extra={
+                    "event": "attempt",
+                    "job_id": job_id,
+                    "target": job.target.as_fields(),
+                    "timestamp": timestamp,
+                    "http_status": status,
+                    "duration": duration,
+                    "error": error,
+                },
             )

@@ -49,6 +49,7 @@ STYLE = {
     "error": "magenta",
     "expired": "yellow",
     "rejected": "red",
+    "cancelled": "cyan",
 }
 
 

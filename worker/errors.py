@@ -118,3 +118,19 @@ class HttpRefused(PermanentError):
 
 class JobExpired(StreamctlError):
     """The job's expiry passed before it could be sent (outcome ``expired``)."""
+
+
+class JobCancelled(StreamctlError):
+    """The job's batch was cancelled before this job was sent (outcome ``cancelled``)."""
+
+
+class Throttled(StreamctlError):
+    """The cluster's rate limit would hold the job longer than a worker thread should wait.
+
+    ``wait`` is the number of seconds until the limiter lets it go: the job goes back to the
+    broker with that countdown instead of holding a worker thread idle.
+    """
+
+    def __init__(self, message: str, *, wait: float) -> None:
+        super().__init__(message)
+        self.wait = wait

@@ -15,8 +15,17 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from worker import metrics
 from worker.client import ScaleEngineClient
-from worker.errors import ApiError, InvalidTarget, JobExpired, PermanentError, TransientError
+from worker.errors import (
+    ApiError,
+    InvalidTarget,
+    JobCancelled,
+    JobExpired,
+    PermanentError,
+    Throttled,
+    TransientError,
+)
 from worker.jobstate import JobState
 from worker.results import JobResult, Outcome, isoformat, target_dict
 from worker.retry import RetryPolicy
@@ -117,16 +126,34 @@ class JobRunner:
                 deadline=min(self.policy.deadline, expires_at - now),
                 on_attempt=lambda attempt: self.state.record_attempt(delivery.job_id, attempt),
                 label=label,
+                job_id=delivery.job_id,
+                batch_id=meta.batch_id,
             )
         except JobExpired as exc:
             return self._finish(delivery, job, meta, Outcome.EXPIRED, str(exc))
+        except JobCancelled as exc:
+            return self._finish(delivery, job, meta, Outcome.CANCELLED, str(exc))
+        except Throttled as exc:
+            left = expires_at - time.time()
+            if left <= MIN_RETRY_WINDOW:
+                return self._finish(delivery, job, meta, Outcome.EXPIRED, str(exc))
+            # A hand-back for the rate limit is not a failure: it uses none of the retry budget.
+            self.state.add_deferral(delivery.job_id)
+            return RetryLater(countdown=min(exc.wait, left - 1), reason=str(exc))
         except PermanentError as exc:
             return self._finish(delivery, job, meta, Outcome.FAILURE, exc.message, exc)
         except TransientError as exc:
             left = expires_at - time.time()
-            if delivery.celery_retries < self.policy.celery_max_retries and left > MIN_RETRY_WINDOW:
-                countdown = min(self.policy.countdown(delivery.celery_retries, exc), left - 1)
+            retries = delivery.celery_retries
+            if retries:
+                retries -= self.state.deferrals(delivery.job_id)
+            if retries < self.policy.celery_max_retries and left > MIN_RETRY_WINDOW:
+                countdown = min(self.policy.countdown(retries, exc), left - 1)
                 return RetryLater(countdown=countdown, reason=exc.message)
+            if retries < self.policy.celery_max_retries:
+                # Retries remain but the expiry leaves no room for one: the job ran out of time.
+                message = f"the job expired before it could be retried (last: {exc.message})"
+                return self._finish(delivery, job, meta, Outcome.EXPIRED, message, exc)
             return self._finish(
                 delivery, job, meta, Outcome.ERROR, f"retries exhausted: {exc.message}", exc
             )
@@ -160,10 +187,26 @@ class JobRunner:
         )
         if not self.state.publish_final(result):
             log.info(
-                "job %s already had a final result; this one was not published", delivery.job_id
+                "job %s already had a final result; this one was not published",
+                delivery.job_id,
+                extra={"event": "duplicate_final", "job_id": delivery.job_id},
             )
         else:
-            log.info("outcome [job=%s] %s: %s", delivery.job_id, outcome, message)
+            metrics.observe_outcome(str(outcome))
+            log.info(
+                "outcome [job=%s] %s: %s",
+                delivery.job_id,
+                outcome,
+                message,
+                extra={
+                    "event": "outcome",
+                    "job_id": delivery.job_id,
+                    "target": result.target,
+                    "outcome": str(outcome),
+                    "api_code": result.api_code,
+                    "attempts": len(result.attempts),
+                },
+            )
         return result
 
 

@@ -16,18 +16,35 @@ from typing import Any
 
 import redis
 
+from worker.batchstate import COUNT_IN_BATCH_LUA, OUTCOMES_JSON, SUMMARY_FIELDS_JSON, batch_key
 from worker.results import Attempt, JobResult
 
 _PREFIX = "streamctl:job"
 
-_PUBLISH_ONCE = """
+# The batch count runs in the same script, in the branch a new result takes: a redelivered
+# job that had already ended is neither published nor counted again.
+_PUBLISH_ONCE = (
+    """
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', tonumber(ARGV[3])) then
   redis.call('PUBLISH', ARGV[2], ARGV[1])
   redis.call('XADD', KEYS[2], 'MAXLEN', '~', tonumber(ARGV[4]), '*', 'result', ARGV[1])
+"""
+    + COUNT_IN_BATCH_LUA
+    + """
   return 1
 end
 return 0
 """
+)
+
+# Only the enqueue that claimed a job id may release it.
+_RELEASE_CLAIM = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 0
+"""
+#: Seconds an enqueue's claim on a job id lasts before it is published: far above one publish
+#: with its retries, short enough that a claim left by a failed enqueue soon frees the id.
+CLAIM_TTL = 30
 
 
 def _key(job_id: str, part: str) -> str:
@@ -52,16 +69,37 @@ class JobState:
         self._log_maxlen = log_maxlen
         self._ttl = ttl_seconds
         self._publish_once = client.register_script(_PUBLISH_ONCE)
+        self._release = client.register_script(_RELEASE_CLAIM)
 
     # --- producer side ----------------------------------------------------------------------
 
-    def claim_job_id(self, job_id: str) -> bool:
-        """Mark ``job_id`` as enqueued; False if it already was (pending or done)."""
-        return bool(self.redis.set(_key(job_id, "enqueued"), "1", nx=True, ex=self._ttl))
+    def claim_job_id(self, job_id: str, token: str) -> bool | None:
+        """Claim ``job_id`` for one enqueue, identified by ``token``.
 
-    def release_job_id(self, job_id: str) -> None:
+        True: claimed, also when redis-py re-sent the SET after a dropped reply and it had
+        already been applied; False: the job is enqueued or done already; None: another
+        enqueue of it has not completed (one that failed with Redis unreachable leaves its
+        claim to expire after CLAIM_TTL seconds). The claim becomes the lasting idempotency
+        key only once the message is published (``confirm_job_id``).
+        """
+        key, mine = _key(job_id, "enqueued"), f"claimed:{token}"
+        if self.redis.set(key, mine, nx=True, ex=CLAIM_TTL):
+            return True
+        raw = self.redis.get(key)
+        if raw is None:  # the other claim expired in between: try again
+            return self.claim_job_id(job_id, token)
+        value = raw.decode() if isinstance(raw, bytes) else str(raw)
+        if value == mine:
+            return True
+        return None if value.startswith("claimed:") else False
+
+    def confirm_job_id(self, job_id: str) -> None:
+        """The job is published: keep its idempotency key for the result TTL."""
+        self.redis.set(_key(job_id, "enqueued"), "1", ex=self._ttl)
+
+    def release_job_id(self, job_id: str, token: str) -> None:
         """Undo ``claim_job_id`` when the enqueue itself failed, so the producer can retry."""
-        self.redis.delete(_key(job_id, "enqueued"))
+        self._release(keys=[_key(job_id, "enqueued")], args=[f"claimed:{token}"])
 
     # --- worker side ------------------------------------------------------------------------
 
@@ -84,6 +122,25 @@ class JobState:
         raw = self.redis.lrange(_key(job_id, "attempts"), 0, -1)
         return [Attempt(**json.loads(item)) for item in raw]
 
+    def add_deferral(self, job_id: str) -> None:
+        """Count a hand-back to the broker for the rate limit: it uses no retry budget."""
+        key = _key(job_id, "deferrals")
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.incr(key)
+        pipe.expire(key, self._ttl)
+        pipe.execute()
+
+    def deferrals(self, job_id: str) -> int:
+        return int(self.redis.get(_key(job_id, "deferrals")) or 0)
+
+    def final_results(self, job_ids: list[str]) -> dict[str, dict[str, Any] | None]:
+        """Many jobs' final results in one round trip (None: no result yet)."""
+        raw = self.redis.mget([_key(job_id, "result") for job_id in job_ids]) if job_ids else []
+        return {
+            job_id: None if item is None else dict(json.loads(item))
+            for job_id, item in zip(job_ids, raw, strict=True)
+        }
+
     def final_result(self, job_id: str) -> dict[str, Any] | None:
         raw = self.redis.get(_key(job_id, "result"))
         return None if raw is None else dict(json.loads(raw))
@@ -91,8 +148,18 @@ class JobState:
     def publish_final(self, result: JobResult) -> bool:
         """Store, publish and log the final result; False if the job already had one."""
         published = self._publish_once(
-            keys=[_key(result.job_id, "result"), self._log_stream],
-            args=[result.to_json(), self._channel, self._ttl, self._log_maxlen],
+            keys=[_key(result.job_id, "result"), self._log_stream, batch_key(result.batch_id)],
+            args=[
+                result.to_json(),
+                self._channel,
+                self._ttl,
+                self._log_maxlen,
+                str(result.outcome),
+                result.finished_at,
+                result.batch_id or "",
+                SUMMARY_FIELDS_JSON,
+                OUTCOMES_JSON,
+            ],
         )
         if published:
             self.redis.delete(_key(result.job_id, "attempts"))

@@ -7,6 +7,7 @@ is not enqueued again, so the stream is not closed twice.
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
 from typing import Any
@@ -17,7 +18,7 @@ from config.settings import Settings, get_settings
 from worker.app import CLOSE_TASK
 from worker.app import app as default_app
 from worker.errors import StreamctlError
-from worker.jobstate import JobState
+from worker.jobstate import CLAIM_TTL, JobState
 from worker.runtime import job_state, redis_client
 from worker.targets import CloseJob, check_origin_url
 
@@ -91,11 +92,18 @@ class Producer:
             settings=self.settings,
         )
         job_id = job_id or str(uuid.uuid4())
+        token = uuid.uuid4().hex
         try:
-            if not self.state.claim_job_id(job_id):
-                return job_id  # pending or done already: do not close the stream twice
+            claimed = self.state.claim_job_id(job_id, token)
         except Exception as exc:
             raise EnqueueError(f"Redis at REDIS_URL is unreachable: {type(exc).__name__}") from None
+        if claimed is False:
+            return job_id  # pending or done already: do not close the stream twice
+        if claimed is None:
+            raise EnqueueError(
+                f"job {job_id}: an earlier enqueue of this job id has not completed; "
+                f"try again in {CLAIM_TTL} s"
+            )
         try:
             self.app.send_task(
                 CLOSE_TASK,
@@ -107,10 +115,15 @@ class Producer:
                 retry_policy=PUBLISH_RETRY_POLICY,
             )
         except Exception as exc:
-            self.state.release_job_id(job_id)
+            # With Redis unreachable too, the claim cannot be released: it expires instead.
+            with contextlib.suppress(Exception):
+                self.state.release_job_id(job_id, token)
             raise EnqueueError(
                 f"could not enqueue the job: the broker is unreachable ({type(exc).__name__})"
             ) from None
+        # Published: a failure to record it only shortens how long the id stays deduplicated.
+        with contextlib.suppress(Exception):
+            self.state.confirm_job_id(job_id)
         return job_id
 
 

@@ -29,6 +29,8 @@ class Outcome(StrEnum):
     """The job itself was invalid; nothing was sent."""
     EXPIRED = "expired"
     """The job's expiry passed before it could be sent; nothing more was sent after it."""
+    CANCELLED = "cancelled"
+    """The job's batch was cancelled (``streamctl batch ID --cancel``) before it was sent."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +89,35 @@ RESULT_FIELDS = (
     "finished_at",
     "worker",
 )
+
+
+@dataclass(frozen=True, slots=True)
+class BatchSummary:
+    """The one message a batch ends with, published after its last job's result.
+
+    ``counts`` holds every outcome (zeros included) in ``Outcome`` order. The message is built
+    inside the Lua script that publishes the last job's result (``worker.batchstate``), from
+    ``BATCH_SUMMARY_FIELDS`` and the outcome names this module passes it.
+    """
+
+    batch_id: str
+    total: int
+    counts: dict[str, int]
+    started_at: str | None
+    finished_at: str | None
+    type: str = "batch"
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["counts"] = {str(o): int(self.counts.get(str(o), 0)) for o in Outcome}
+        return {key: data[key] for key in BATCH_SUMMARY_FIELDS}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), ensure_ascii=False, separators=(",", ":"))
+
+
+#: The batch summary's fields, in the order they are written.
+BATCH_SUMMARY_FIELDS = ("type", "batch_id", "total", "counts", "started_at", "finished_at")
 
 
 def target_dict(target: Target | None, raw: dict[str, Any] | None = None) -> dict[str, Any]:

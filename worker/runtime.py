@@ -11,6 +11,7 @@ from worker.client import Account, ScaleEngineClient
 from worker.http import SessionPool
 from worker.jobs import JobRunner
 from worker.jobstate import JobState
+from worker.ratelimit import ClusterLimiter, LimitConfig
 from worker.retry import RetryPolicy
 from worker.timestamps import TimestampClock, account_scope
 
@@ -52,6 +53,7 @@ def build_runner(settings: Settings) -> JobRunner:
         sessions=SessionPool(ca_bundle=settings.ca_bundle),
         policy=policy,
         timeout=(settings.connect_timeout, settings.read_timeout),
+        before_send=ClusterLimiter(client, LimitConfig.from_settings(settings)),
     )
     del api_secret  # kept only inside the SecretStr
     return JobRunner(

@@ -1,0 +1,226 @@
+"""Flower and enqueueing from other systems: a real Flower process, the test Redis, a real worker.
+
+Jobs come in three ways a non-Python system would use: Flower's REST API, ``celery call``, and
+a raw Celery protocol-2 message pushed onto the queue's Redis list by hand.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+import requests
+
+from tests.conftest import TEST_API_KEY, TEST_SECRET, WorkerProcess, wait_for_result
+from worker.redis_server import free_port
+
+pytestmark = pytest.mark.e2e
+TASK = "scaleengine.stream.close"
+QUEUE = "streamctl"
+FLOWER_AUTH = ("ops", f"pw-{uuid.uuid4().hex[:12]}")
+# Any base64 HMAC-SHA256 (44 characters, one "=" of padding), raw or JSON-escaped.
+LOOPBACK = ("--address=127.0.0.1",)
+SIGNATURE_SHAPE = re.compile(r"(?:[A-Za-z0-9+]|\\?/){43}=")
+
+
+def unique_stream(prefix: str) -> dict[str, str]:
+    return {"app": "demo-origin", "inst": "live", "stream": f"{prefix}-{uuid.uuid4().hex[:10]}"}
+
+
+def raw_celery_message(task_id: str, kwargs: dict[str, Any], queue: str = QUEUE) -> str:
+    """A Celery protocol-2 message as Redis holds it, built by hand as another language would.
+
+    The body is the JSON array ``[args, kwargs, embed]``, base64-encoded; the task name and
+    job id travel in the headers; ``delivery_tag`` must be unique (it keys the unacked set).
+    """
+    body = json.dumps([[], kwargs, {"callbacks": None, "errbacks": None, "chain": None}])
+    return json.dumps(
+        {
+            "body": base64.b64encode(body.encode()).decode(),
+            "content-encoding": "utf-8",
+            "content-type": "application/json",
+            "headers": {
+                "lang": "py",
+                "task": TASK,
+                "id": task_id,
+                "root_id": task_id,
+                "parent_id": None,
+                "group": None,
+                "retries": 0,
+                "eta": None,
+                "expires": None,
+                "timelimit": [None, None],
+                "argsrepr": "()",
+                "kwargsrepr": json.dumps(kwargs),
+                "origin": "billing-service@host",
+            },
+            "properties": {
+                "correlation_id": task_id,
+                "reply_to": "",
+                "delivery_mode": 2,
+                "delivery_info": {"exchange": "", "routing_key": queue},
+                "priority": 0,
+                "body_encoding": "base64",
+                "delivery_tag": str(uuid.uuid4()),
+            },
+        }
+    )
+
+
+class Flower(WorkerProcess):
+    """``streamctl flower`` with basic auth, on a free loopback port (stopped as a worker is)."""
+
+    def __init__(self, log_path: Path) -> None:
+        super().__init__(log_path, env={"FLOWER_BASIC_AUTH": ":".join(FLOWER_AUTH)})
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.session = requests.Session()
+        self.session.auth = FLOWER_AUTH
+
+    def start(self, timeout: float = 30.0) -> Flower:
+        with self.log_path.open("wb") as log_file:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "worker.cli", "flower", f"--port={self.port}", *LOOPBACK],
+                env=self.env,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                cwd=self.log_path.parent,  # no stray flowerconfig.py
+            )
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if self.session.get(f"{self.url}/healthcheck", timeout=2).ok:
+                    return self
+            except requests.ConnectionError:
+                pass
+            if not self.alive() or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError("Flower did not start:\n" + self.log()[-3000:])
+            time.sleep(0.2)
+
+    def get(self, path: str) -> requests.Response:
+        return self.session.get(self.url + path, timeout=10)
+
+
+@pytest.fixture(scope="module")
+def flower(tmp_path_factory: pytest.TempPathFactory, worker: Any) -> Iterator[Flower]:
+    process = Flower(tmp_path_factory.mktemp("flower") / "flower.log").start()
+    yield process
+    process.stop()
+
+
+def task_in_flower(flower: Flower, job_id: str, state: str = "SUCCESS") -> dict[str, Any]:
+    """The job as Flower's task list shows it, once Flower has seen it reach ``state``."""
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        tasks = flower.get("/api/tasks").json()
+        if job_id in tasks and tasks[job_id].get("state") == state:
+            return dict(tasks[job_id])
+        time.sleep(0.2)
+    raise AssertionError(f"Flower did not show job {job_id} as {state}")
+
+
+def test_enqueue_through_flower_api_and_nothing_secret_is_served(
+    flower: Flower, producer: Any, sandbox: Any
+) -> None:
+    target = unique_stream("flower")
+    unauthenticated = requests.post(
+        f"{flower.url}/api/task/async-apply/{TASK}", json={"kwargs": target}, timeout=10
+    )
+    assert unauthenticated.status_code == 401
+
+    reply = flower.session.post(
+        f"{flower.url}/api/task/async-apply/{TASK}", json={"kwargs": target}, timeout=10
+    )
+    assert reply.status_code == 200, reply.text
+    job_id = reply.json()["task-id"]
+    result = wait_for_result(producer, job_id)
+    assert result["outcome"] == "success", result
+    assert result["target"] == target
+    assert len(sandbox.requests_for(target)) == 1
+
+    shown = task_in_flower(flower, job_id)
+    assert shown["name"] == TASK
+    assert shown["args"] == "()"
+    assert shown["kwargs"] == repr(target)  # the target and nothing else
+
+    served = {
+        "task list": flower.get("/api/tasks").text,
+        "task info": flower.get(f"/api/task/info/{job_id}").text,
+        "task result": flower.get(f"/api/task/result/{job_id}").text,
+        "task types": flower.get("/api/task/types").text,
+        "workers": flower.get("/api/workers?refresh=1").text,
+        "queues": flower.get("/api/queues/length").text,
+        "metrics": flower.get("/metrics").text,
+    }
+    assert job_id in served["task info"] and target["stream"] in served["task list"]
+    assert "celery@" in served["workers"]  # the workers API did answer
+    for where, text in served.items():
+        assert TEST_SECRET not in text, f"Flower serves the secret in its {where}"
+        assert TEST_API_KEY not in text, f"Flower serves the API key in its {where}"
+        for candidate in SIGNATURE_SHAPE.findall(text):
+            unescaped = candidate.replace("\\/", "/")
+            assert not sandbox.signature_seen(unescaped), f"a signature in Flower's {where}"
+
+
+def test_enqueue_with_celery_call(flower: Flower, producer: Any) -> None:
+    target = unique_stream("celery-call")
+    kwargs = json.dumps(target)
+    done = subprocess.run(
+        [sys.executable, "-m", "celery", "-A", "worker.app", "call", TASK, "--kwargs", kwargs],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    job_id = done.stdout.strip().splitlines()[-1]
+    result = wait_for_result(producer, job_id)
+    assert result["outcome"] == "success", result
+    assert result["target"] == target
+    assert task_in_flower(flower, job_id)["kwargs"] == repr(target)
+
+
+def test_enqueue_with_a_raw_message_pushed_to_redis(
+    flower: Flower, producer: Any, redis_client: redis.Redis, sandbox: Any
+) -> None:
+    target = {"stream_id": 800_000 + uuid.uuid4().int % 100_000}
+    job_id = str(uuid.uuid4())
+    redis_client.lpush(QUEUE, raw_celery_message(job_id, target))
+    result = wait_for_result(producer, job_id)
+    assert result["outcome"] == "success", result
+    assert result["target"] == target
+    assert len(sandbox.requests_for(target)) == 1
+    assert task_in_flower(flower, job_id)["name"] == TASK
+
+
+@pytest.mark.parametrize(
+    "flower_env",
+    [{}, {"FLOWER_AUTH_PROVIDER": "flower.views.auth.GoogleAuth2LoginHandler"}],
+    ids=["nothing", "oauth-provider-without-allowed-emails"],
+)
+def test_flower_refuses_to_start_without_authentication(
+    tmp_path: Path, flower_env: dict[str, str]
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWER_")} | flower_env
+    refused = subprocess.run(
+        [sys.executable, "-m", "worker.cli", "flower", f"--port={free_port()}"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert refused.returncode != 0
+    assert "refusing to start without authentication" in refused.stderr
+    assert "FLOWER_BASIC_AUTH" in refused.stderr and "--unauthenticated" in refused.stderr

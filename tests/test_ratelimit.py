@@ -1,0 +1,136 @@
+"""The cluster-wide limiter against a real Redis: rate bounds, in-flight leases, code 1000."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import replace
+
+import pytest
+import redis
+
+from worker.batchstate import BatchState
+from worker.client import SendContext
+from worker.errors import ApiBusy, JobCancelled, JobExpired, Throttled
+from worker.ratelimit import ClusterLimiter, LimitConfig
+
+BASE = LimitConfig(
+    rate=None,
+    burst=1,
+    max_in_flight=None,
+    busy_rate=1.0,
+    busy_seconds=30.0,
+    hold=5.0,
+    lease_seconds=10.0,
+    max_countdown=15.0,
+)
+
+
+@pytest.fixture
+def make(redis_client: redis.Redis) -> Iterator[object]:
+    """Limiters on keys of their own, so the session's worker is never slowed down."""
+    prefix = f"streamctl-test-limit:{uuid.uuid4().hex[:8]}"
+
+    def build(**changes: object) -> ClusterLimiter:
+        return ClusterLimiter(redis_client, replace(BASE, **changes), prefix=prefix)  # type: ignore[arg-type]
+
+    yield build
+    keys = list(redis_client.scan_iter(f"{prefix}:*"))
+    if keys:
+        redis_client.delete(*keys)
+
+
+def context(batch_id: str | None = None, expires_in: float = 60.0) -> SendContext:
+    return SendContext(
+        job_id=uuid.uuid4().hex, batch_id=batch_id, expires_at=time.time() + expires_in
+    )
+
+
+def test_rate_bound_holds_for_threads_sharing_the_limiter(make: object) -> None:
+    rate, burst = 80.0, 4
+    limiter = make(rate=rate, burst=burst)  # type: ignore[operator]
+    sent: list[float] = []
+    lock = threading.Lock()
+
+    def send_many() -> None:
+        for _ in range(12):
+            after = limiter.before_send(context())
+            with lock:
+                sent.append(time.monotonic())
+            if after is not None:
+                after(None)
+
+    threads = [threading.Thread(target=send_many) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(sent) == 72
+    sent.sort()
+    # GCRA: any window of W seconds holds at most rate*W + burst sends. One extra for the
+    # moment between the limiter's go and the thread reading the clock.
+    window = 0.5
+    for index, start in enumerate(sent):
+        in_window = sum(1 for moment in sent[index:] if moment < start + window)
+        assert in_window <= rate * window + burst + 1
+
+
+def test_in_flight_slots_are_bounded_released_and_lapse(make: object) -> None:
+    limiter = make(max_in_flight=2, hold=0.3, lease_seconds=0.5)  # type: ignore[operator]
+    first = limiter.before_send(context())
+    second = limiter.before_send(context())
+    assert first is not None and second is not None
+    with pytest.raises(Throttled):  # both slots taken: waits its hold, then hands back
+        limiter.before_send(context())
+    first(None)
+    third = limiter.before_send(context())
+    assert third is not None
+    # Neither remaining slot is released (a crashed worker): their leases lapse.
+    time.sleep(0.6)
+    assert limiter.before_send(context()) is not None
+
+
+def test_code_1000_slows_every_caller_down(make: object) -> None:
+    limiter = make(busy_rate=1.0, busy_seconds=30.0, hold=0.2)  # type: ignore[operator]
+    other_worker = make(busy_rate=1.0, busy_seconds=30.0, hold=0.2)  # type: ignore[operator]
+    for _ in range(5):  # no rate limit: nothing waits
+        after = limiter.before_send(context())
+        assert after is not None
+        after(None)
+    after = limiter.before_send(context())
+    assert after is not None
+    after(ApiBusy("too busy", api_code="1000"))
+    assert other_worker.before_send(context()) is not None  # one request a second still goes
+    with pytest.raises(Throttled) as caught:
+        other_worker.before_send(context())
+    assert caught.value.wait >= 0
+
+
+def test_cancelled_batch_and_send_after_expiry_are_refused(
+    make: object, redis_client: redis.Redis
+) -> None:
+    limiter = make(rate=1.0, burst=1, hold=0.1)  # type: ignore[operator]
+    batches = BatchState(redis_client, ttl_seconds=60)
+    batch_id = f"t-{uuid.uuid4().hex[:10]}"
+    batches.create(batch_id, {f"{batch_id}-0": {"stream_id": 1}})
+    assert limiter.before_send(context(batch_id)) is not None
+    with pytest.raises(JobExpired):  # the next slot is a second away, the job expires first
+        limiter.before_send(context(expires_in=0.5))
+    batches.cancel(batch_id)
+    with pytest.raises(JobCancelled):
+        limiter.before_send(context(batch_id))
+
+
+def test_a_job_handed_back_keeps_its_reserved_send_time(make: object) -> None:
+    limiter = make(rate=4.0, burst=1, hold=0.1)  # type: ignore[operator]
+    assert limiter.before_send(context()) is not None  # at once
+    late = context()
+    with pytest.raises(Throttled) as caught:  # its slot is 0.25 s away: more than the hold
+        limiter.before_send(late)
+    with pytest.raises(Throttled):  # a later job queues behind the reserved slot
+        limiter.before_send(context())
+    time.sleep(caught.value.wait)
+    # Back from the broker, the job goes in its reserved slot, ahead of the later job.
+    assert limiter.before_send(late) is not None

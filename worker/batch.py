@@ -1,0 +1,392 @@
+"""Mass reconnects as a Python API: read a target file, validate it all, enqueue one batch.
+
+Every line is validated before anything is enqueued (``CloseJob.parse``, as for single
+closes); bad lines are reported by line number and stop the batch unless the caller skips
+them. A target named twice is closed once. The jobs of a batch are published through one
+kombu producer inside ``Producer.batch()``: on Redis that is one pipelined round trip per
+thousand messages, on RabbitMQ plain publishes on one channel, which never wait for a reply.
+
+    from worker.batch import reconnect, wait_for_batch
+    started = reconnect("targets.csv", rate=50)
+    summary = wait_for_batch(started)
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import secrets
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+import redis
+from celery import Celery
+
+from config.settings import Settings, get_settings
+from worker.app import CLOSE_TASK
+from worker.app import app as default_app
+from worker.batchstate import BatchState, check_batch_id
+from worker.errors import InvalidTarget, StreamctlError
+from worker.jobstate import JobState
+from worker.producer import PUBLISH_RETRY_POLICY, EnqueueError, job_kwargs
+from worker.results import Outcome
+from worker.runtime import job_state, redis_client
+from worker.targets import JOB_FIELDS, CloseJob
+from worker.watch import follow
+
+#: Messages per pipelined round trip to a Redis broker.
+PUBLISH_CHUNK = 1000
+#: Batches send no "task-sent" events (see BatchSender._publish).
+SENT_EVENTS = False
+#: Bad lines quoted in an error message; the rest are counted.
+MAX_QUOTED_ERRORS = 20
+
+
+@dataclass(frozen=True, slots=True)
+class LineError:
+    line: int
+    message: str
+
+    def __str__(self) -> str:
+        return f"line {self.line}: {self.message}"
+
+
+class InvalidLines(StreamctlError):
+    """Some lines name no valid target; nothing was enqueued."""
+
+    def __init__(self, errors: Sequence[LineError]) -> None:
+        quoted = "\n  ".join(str(error) for error in errors[:MAX_QUOTED_ERRORS])
+        more = len(errors) - MAX_QUOTED_ERRORS
+        tail = f"\n  ... and {more} more" if more > 0 else ""
+        super().__init__(
+            f"{len(errors)} invalid line(s); nothing was enqueued "
+            f"(--skip-invalid sends the valid ones):\n  {quoted}{tail}"
+        )
+        self.errors = list(errors)
+
+
+@dataclass(frozen=True, slots=True)
+class TargetList:
+    """A validated file: the jobs to send (first occurrence of each target, in file order)."""
+
+    jobs: list[CloseJob]
+    errors: list[LineError]
+    duplicates: int
+
+
+@dataclass(frozen=True, slots=True)
+class StartedBatch:
+    batch_id: str
+    job_ids: list[str]
+    #: Results-log position taken before the first job was enqueued: following from here
+    #: misses none of the batch's results.
+    since: str
+    expires: float
+    enqueue_seconds: float
+    targets: TargetList | None = None
+    dry_run: bool = False
+
+    @property
+    def total(self) -> int:
+        return len(self.job_ids)
+
+
+# --- reading and validating --------------------------------------------------------------
+
+
+def _records(text: str, fmt: str) -> Iterator[tuple[int, Mapping[str, Any] | LineError]]:
+    if fmt == "auto":
+        first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+        fmt = "jsonl" if first.startswith("{") else "csv"
+    if fmt == "jsonl":
+        yield from _json_lines(text)
+    elif fmt == "csv":
+        yield from _csv_rows(text)
+    else:
+        raise StreamctlError(f"unknown format {fmt!r}: csv, jsonl or auto")
+
+
+def _json_lines(text: str) -> Iterator[tuple[int, Mapping[str, Any] | LineError]]:
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as exc:
+            yield number, LineError(number, f"not JSON ({exc.msg})")
+            continue
+        if not isinstance(value, dict):
+            yield number, LineError(number, "expected a JSON object with the target's fields")
+        else:
+            yield number, value
+
+
+def _csv_rows(text: str) -> Iterator[tuple[int, Mapping[str, Any] | LineError]]:
+    reader = csv.reader(io.StringIO(text))
+    header: list[str] | None = None
+    for row in reader:
+        number = reader.line_num
+        if not any(cell.strip() for cell in row):
+            continue
+        if header is None:
+            header = [cell.strip() for cell in row]
+            unknown = [name for name in header if name not in JOB_FIELDS]
+            if unknown or len(set(header)) != len(header):
+                yield (
+                    number,
+                    LineError(
+                        number,
+                        f"bad header {','.join(header)!r}: the columns are app,inst,stream or "
+                        "stream_id, and optionally origin_url, each once",
+                    ),
+                )
+                return
+            continue
+        if len(row) > len(header):
+            yield number, LineError(number, f"{len(row)} cells, the header has {len(header)}")
+            continue
+        yield (
+            number,
+            {name: cell.strip() for name, cell in zip(header, row, strict=False) if cell.strip()},
+        )
+
+
+def validate(records: Iterable[tuple[int, Mapping[str, Any] | LineError]]) -> TargetList:
+    """Validate every record; keep the first of each target (by ``Target.key``)."""
+    jobs: dict[str, CloseJob] = {}
+    errors: list[LineError] = []
+    duplicates = 0
+    for number, record in records:
+        if isinstance(record, LineError):
+            errors.append(record)
+            continue
+        try:
+            job = CloseJob.parse(record)
+        except InvalidTarget as exc:
+            errors.append(LineError(number, str(exc)))
+            continue
+        if job.target.key in jobs:
+            duplicates += 1
+        else:
+            jobs[job.target.key] = job
+    return TargetList(jobs=list(jobs.values()), errors=errors, duplicates=duplicates)
+
+
+def read_targets(source: str | Path | TextIO, *, fmt: str = "auto") -> TargetList:
+    """Read and validate a CSV or JSON-lines target file (``"-"``: standard input)."""
+    if isinstance(source, str | Path):
+        if str(source) == "-":
+            import sys
+
+            text = sys.stdin.read()
+        else:
+            try:
+                text = Path(source).read_text(encoding="utf-8-sig")
+            except (OSError, UnicodeDecodeError) as exc:
+                raise StreamctlError(f"cannot read {source}: {exc}") from None
+    else:
+        text = source.read()
+    return validate(_records(text, fmt))
+
+
+# --- enqueueing --------------------------------------------------------------------------
+
+
+def new_batch_id() -> str:
+    return f"{datetime.now(UTC):%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
+
+
+def target_record(job: CloseJob) -> dict[str, Any]:
+    """What a batch keeps of each job, for ``--retry-failed``: the fields that go to the API."""
+    record: dict[str, Any] = dict(job.target.as_fields())
+    if job.origin_url is not None:
+        record["origin_url"] = job.origin_url
+    return record
+
+
+class BatchSender:
+    """Starts batches: validation done, it writes the batch's state and publishes its jobs."""
+
+    def __init__(self, settings: Settings | None = None, app: Celery | None = None) -> None:
+        self.settings = settings or get_settings()
+        self.app = app or default_app
+        self.redis: redis.Redis = redis_client(self.settings)
+        self.jobs: JobState = job_state(self.settings, self.redis)
+        self.batches = BatchState(self.redis, ttl_seconds=self.settings.result_ttl)
+
+    def start(
+        self,
+        jobs: Sequence[CloseJob],
+        *,
+        rate: float | None = None,
+        expires: float | None = None,
+        batch_id: str | None = None,
+        dry_run: bool = False,
+    ) -> StartedBatch:
+        batch_id = check_batch_id(batch_id or new_batch_id())
+        if rate is not None and not rate > 0:
+            raise StreamctlError("rate must be positive")
+        if not jobs:
+            raise StreamctlError("no targets to close")
+        started = time.monotonic()
+        now = time.time()
+        messages = []
+        for index, job in enumerate(jobs):
+            job_id = f"{batch_id}-{index:05d}"
+            _job, kwargs = job_kwargs(
+                dict(job.target.as_fields()),
+                origin_url=job.origin_url,
+                expires=expires,
+                batch_id=batch_id,
+                settings=self.settings,
+                now=now,
+            )
+            messages.append((job_id, job, kwargs))
+        job_ids = [job_id for job_id, _job, _kwargs in messages]
+        expiry = expires or self.settings.job_expiry
+        if dry_run:
+            return StartedBatch(batch_id, job_ids, "0-0", expiry, 0.0, dry_run=True)
+        since = log_position(self.redis, self.settings.results_log)
+        try:
+            self.batches.create(
+                batch_id, {job_id: target_record(job) for job_id, job, _ in messages}, rate=rate
+            )
+        except redis.RedisError as exc:
+            raise EnqueueError(f"Redis at REDIS_URL is unreachable: {type(exc).__name__}") from None
+        try:
+            self._publish(messages)
+        except Exception as exc:
+            # Part of the batch may be queued: cancel it so none of it is sent, and say so.
+            self.batches.cancel(batch_id)
+            raise EnqueueError(
+                f"could not enqueue batch {batch_id} ({type(exc).__name__}); it was cancelled, "
+                "any of its jobs already queued end as cancelled"
+            ) from None
+        return StartedBatch(batch_id, job_ids, since, expiry, time.monotonic() - started)
+
+    def _publish(self, messages: Sequence[tuple[str, CloseJob, dict[str, Any]]]) -> None:
+        amqp = self.app.amqp
+        queue = amqp.queues[self.app.conf.task_default_queue]
+        with self.app.producer_or_acquire() as producer:
+            # Declared once here, not once per message as a plain send_task would.
+            producer.maybe_declare(queue, retry=True, **PUBLISH_RETRY_POLICY)
+            for start in range(0, len(messages), PUBLISH_CHUNK):
+                with producer.batch(max_size=PUBLISH_CHUNK * 2):
+                    for job_id, job, kwargs in messages[start : start + PUBLISH_CHUNK]:
+                        message = amqp.create_task_message(
+                            job_id,
+                            CLOSE_TASK,
+                            (),
+                            kwargs,
+                            argsrepr="()",
+                            kwargsrepr=repr(dict(job.target.as_fields())),
+                            # Results go to our own channel; Celery's backend need not keep them.
+                            ignore_result=True,
+                            # One "task-sent" event per job would double the publishing work;
+                            # Flower still sees each job received, started and finished.
+                            create_sent_event=SENT_EVENTS,
+                        )
+                        amqp.send_task_message(
+                            producer,
+                            CLOSE_TASK,
+                            message,
+                            queue=queue,
+                            declare=[],
+                            retry=True,
+                            retry_policy=PUBLISH_RETRY_POLICY,
+                        )
+
+    def failed_jobs(self, batch_id: str) -> list[CloseJob]:
+        """The jobs of an ended batch that did not succeed, to send again as a new batch."""
+        records = self.batches.jobs(batch_id)
+        results = self.jobs.final_results(list(records))
+        pending = [job_id for job_id, result in results.items() if result is None]
+        if pending:
+            raise StreamctlError(
+                f"batch {batch_id} is still running ({len(pending)} job(s) without a result); "
+                "wait for it to end, or cancel it first"
+            )
+        return [
+            CloseJob.parse(records[job_id])
+            for job_id, result in results.items()
+            if result is not None and result.get("outcome") != Outcome.SUCCESS
+        ]
+
+
+def log_position(client: redis.Redis, log_stream: str) -> str:
+    """The results log's last entry id: following from it misses nothing published later."""
+    if not client.exists(log_stream):
+        return "0-0"
+    info: Any = client.xinfo_stream(log_stream)
+    last = info["last-generated-id"]
+    return last.decode() if isinstance(last, bytes) else str(last)
+
+
+def follow_batch(
+    client: redis.Redis,
+    log_stream: str,
+    batch: StartedBatch,
+    *,
+    timeout: float,
+) -> Iterator[dict[str, Any]]:
+    """Yield the batch's job results, then its summary (the last item), from the results log.
+
+    Stops early, without a summary, when ``timeout`` seconds pass.
+    """
+    for _entry, message in follow(client, log_stream, since=batch.since, stop_after=timeout):
+        if message.get("batch_id") != batch.batch_id:
+            continue
+        yield message
+        if message.get("type") == "batch":
+            return
+
+
+def reconnect(
+    source: str | Path | TextIO,
+    *,
+    rate: float | None = None,
+    expires: float | None = None,
+    skip_invalid: bool = False,
+    dry_run: bool = False,
+    fmt: str = "auto",
+    sender: BatchSender | None = None,
+) -> StartedBatch:
+    """Validate a target file and enqueue it as one batch; raises InvalidLines on bad lines."""
+    targets = read_targets(source, fmt=fmt)
+    if targets.errors and not skip_invalid:
+        raise InvalidLines(targets.errors)
+    started = (sender or BatchSender()).start(
+        targets.jobs, rate=rate, expires=expires, dry_run=dry_run
+    )
+    return StartedBatch(
+        started.batch_id,
+        started.job_ids,
+        started.since,
+        started.expires,
+        started.enqueue_seconds,
+        targets=targets,
+        dry_run=dry_run,
+    )
+
+
+def wait_for_batch(
+    started: StartedBatch,
+    *,
+    timeout: float | None = None,
+    on_result: Callable[[dict[str, Any]], None] | None = None,
+    sender: BatchSender | None = None,
+) -> dict[str, Any] | None:
+    """Follow a batch to its summary (returned); None when ``timeout`` passes first."""
+    sender = sender or BatchSender()
+    limit = timeout if timeout is not None else started.expires + 60
+    for message in follow_batch(sender.redis, sender.settings.results_log, started, timeout=limit):
+        if message.get("type") == "batch":
+            return message
+        if on_result is not None:
+            on_result(message)
+    return None

@@ -1,0 +1,176 @@
+"""``streamctl check``: is this machine ready to close streams? A short report, one line a check.
+
+Checks, in order: the configuration (every setting valid, the account's credentials present),
+that Redis answers, that the API's host resolves, that its TLS certificate verifies (with the
+same session set-up the worker uses), and the local clock against the API's ``Date`` header.
+A failed check makes the command exit 1; a warning does not.
+
+Why the clock: each request carries a signed unix timestamp, and the API refuses one outside
+its window (code 0002). The window is not documented, so the limits are conservative:
+
+* ``Date`` has whole seconds and the reply takes a round trip, so under about 2 s is noise;
+  over ``CLOCK_WARN_SECONDS`` (5 s) NTP is evidently not keeping this clock, and it will drift.
+* over ``CLOCK_FAIL_SECONDS`` (60 s) requests risk refusal, and worse, timestamps are shared per
+  target through Redis: a worker running ahead hands out future timestamps that every other
+  worker must wait for (``worker.timestamps``), so one skewed machine stalls the cluster.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import socket
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Literal
+from urllib.parse import urlsplit
+
+import click
+
+from config.settings import Settings, load_settings
+from worker.errors import ConfigError
+
+CLOCK_WARN_SECONDS = 5.0
+CLOCK_FAIL_SECONDS = 60.0
+#: A check must not hang the command: Redis and DNS answer in milliseconds when healthy.
+REDIS_TIMEOUT = 3.0
+
+Status = Literal["ok", "warn", "fail", "skip"]
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    name: str
+    status: Status
+    detail: str
+
+
+def safe_url(url: str) -> str:
+    """A Redis URL without its user name and password, fit for printing."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{host}{port}{parts.path}"
+
+
+def judge_skew(skew: float) -> Status:
+    size = abs(skew)
+    if size > CLOCK_FAIL_SECONDS:
+        return "fail"
+    if size > CLOCK_WARN_SECONDS:
+        return "warn"
+    return "ok"
+
+
+def run_checks() -> Iterator[Check]:
+    """Run every check, yielding each result as it is known."""
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        yield Check("configuration", "fail", str(exc))
+        return
+    try:
+        cdn, _key, _secret = settings.require_credentials()
+        del _key, _secret  # checked for presence only
+        yield Check("configuration", "ok", f"cdn {cdn}, API {settings.api_url}")
+    except ConfigError as exc:
+        yield Check("configuration", "fail", str(exc))
+    yield _check_redis("redis", settings.redis_url)
+    if settings.celery_broker_url and settings.celery_broker_url != settings.redis_url:
+        yield _check_redis("broker", settings.celery_broker_url)
+    yield from _check_api(settings)
+
+
+def _check_redis(name: str, url: str) -> Check:
+    import redis
+
+    client = redis.Redis.from_url(
+        url, socket_connect_timeout=REDIS_TIMEOUT, socket_timeout=REDIS_TIMEOUT
+    )
+    try:
+        started = time.monotonic()
+        client.ping()
+        elapsed = (time.monotonic() - started) * 1000
+        return Check(name, "ok", f"{safe_url(url)} answers (PING {elapsed:.1f} ms)")
+    except Exception as exc:  # any failure is the finding; its class names it
+        return Check(name, "fail", f"{safe_url(url)} does not answer: {type(exc).__name__}")
+    finally:
+        client.close()
+
+
+def _check_api(settings: Settings) -> Iterator[Check]:
+    import requests
+
+    from worker.http import SessionPool
+
+    parts = urlsplit(settings.api_url)
+    host = parts.hostname or ""
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        addresses = sorted({info[4][0] for info in socket.getaddrinfo(host, port)})
+    except OSError as exc:
+        yield Check("dns", "fail", f"{host} does not resolve: {exc}")
+        return
+    yield Check("dns", "ok", f"{host} -> {', '.join(str(a) for a in addresses[:4])}")
+
+    # The worker's own session set-up: the same CA bundle, verification always on.
+    pool = SessionPool(ca_bundle=settings.ca_bundle)
+    before = time.time()
+    try:
+        # A GET is answered (405 or an error page) with a Date header and sends no job.
+        # ``verify`` is passed as ``http.send`` passes it: requests would otherwise let
+        # REQUESTS_CA_BUNDLE override the session's bundle.
+        response = pool.session().get(
+            settings.api_url,
+            timeout=(settings.connect_timeout, settings.read_timeout),
+            allow_redirects=False,
+            verify=pool.verify,
+        )
+    except requests.exceptions.SSLError as exc:
+        yield Check("tls", "fail", f"certificate of {host} does not verify: {str(exc)[:200]}")
+        return
+    except requests.exceptions.RequestException as exc:
+        yield Check("api", "fail", f"{host}:{port} unreachable: {type(exc).__name__}")
+        return
+    after = time.time()
+    if parts.scheme == "https":
+        bundle = settings.ca_bundle or "the default CA bundle"
+        yield Check("tls", "ok", f"certificate of {host} verified against {bundle}")
+    else:
+        yield Check("tls", "skip", "not used: plain http on loopback (a local sandbox)")
+    yield _check_clock(response.headers.get("Date"), before, after)
+
+
+def _check_clock(date_header: str | None, before: float, after: float) -> Check:
+    if not date_header:
+        return Check("clock", "warn", "the API sent no Date header; the clock was not checked")
+    try:
+        server = email.utils.parsedate_to_datetime(date_header).timestamp()
+    except (TypeError, ValueError):
+        return Check("clock", "warn", "the API's Date header is unreadable; clock not checked")
+    # Date truncates to the second: the server's time was, on average, half a second later.
+    skew = (before + after) / 2 - (server + 0.5)
+    uncertainty = 0.5 + (after - before) / 2
+    direction = "ahead of" if skew > 0 else "behind"
+    detail = (
+        f"local clock {abs(skew):.1f} s {direction} the API's (+/- {uncertainty:.1f} s); "
+        f"warn over {CLOCK_WARN_SECONDS:g} s, fail over {CLOCK_FAIL_SECONDS:g} s"
+    )
+    status = judge_skew(skew)
+    if status != "ok":
+        detail += ": sync this machine's clock (NTP)"
+    return Check("clock", status, detail)
+
+
+@click.command()
+def check() -> None:
+    """Check the configuration, Redis, the API's DNS and TLS, and the clock; exit 1 on a problem."""
+    failed = False
+    for result in run_checks():
+        failed = failed or result.status == "fail"
+        click.echo(f"{result.status:<5} {result.name:<14} {result.detail}")
+    click.echo("problems found" if failed else "all checks passed")
+    sys.exit(1 if failed else 0)

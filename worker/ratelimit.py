@@ -1,0 +1,252 @@
+"""The cluster-wide rate limit: one atomic Lua script in Redis, asked before every HTTP attempt.
+
+Celery's own ``rate_limit`` is per worker; this one bounds all workers together. Every attempt
+(retries included) goes through ``ClusterLimiter.before_send``, the ``before_send`` hook of
+``ScaleEngineClient``. One script call, on Redis's clock, decides in order:
+
+1. the job's batch was cancelled -> JobCancelled (nothing is sent);
+2. ``STREAMCTL_MAX_IN_FLIGHT`` requests are out -> wait for a release. In-flight slots are
+   leases in a sorted set, scored by when they lapse, so a crashed worker's slots free
+   themselves after the HTTP timeouts;
+3. the rates: GCRA (a virtual-scheduling token bucket) on the cluster key, and on the batch's
+   own key when the batch has ``--rate``. The caller is given a send time and the script
+   reserves it, so waiting callers never race for the same slot and never poll. While the API
+   answered code 1000 recently (a shared "busy until" key), the cluster rate drops to
+   ``STREAMCTL_BUSY_RATE`` with no burst.
+
+A wait up to ``STREAMCTL_THROTTLE_HOLD`` is slept in the worker thread; a longer one raises
+Throttled: the job goes back to the broker with a countdown, its send time stays reserved for
+it (a per-job slot key), so it does not queue again behind later jobs when it comes back.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import uuid
+from dataclasses import dataclass
+
+import redis
+
+from config.settings import Settings
+from worker import metrics
+from worker.batchstate import batch_key
+from worker.client import AfterSend, SendContext
+from worker.errors import ApiBusy, ApiError, JobCancelled, JobExpired, Throttled
+
+log = logging.getLogger("streamctl.ratelimit")
+
+PREFIX = "streamctl:limit"
+#: Spare seconds on an in-flight lease beyond the HTTP timeouts (signing, a slow thread).
+LEASE_MARGIN = 5.0
+
+GO, FULL, THROTTLED, CANCELLED, TOO_LATE = range(5)
+
+# Times are integer microseconds from Redis's own clock, so workers' clocks do not matter.
+# KEYS: cluster TAT, busy-until, in-flight leases, the batch hash, the batch TAT, the job slot.
+# ARGV: cluster interval, burst, busy interval, max in flight (0: none), lease id, lease length,
+#       longest wait the caller will sleep, latest send time (0: none), slot key lifetime (ms).
+_ACQUIRE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+if redis.call('HEXISTS', KEYS[4], 'cancelled') == 1 then return {3, 0} end
+local max_in_flight = tonumber(ARGV[4])
+if max_in_flight > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
+  if redis.call('ZCARD', KEYS[3]) >= max_in_flight then
+    local first = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
+    return {1, math.floor(math.max(tonumber(first[2]) - now, 0))}
+  end
+end
+local at = now
+local slot = redis.call('GET', KEYS[6])
+local limits = {}
+if slot then
+  at = math.max(tonumber(slot), now)
+else
+  local interval, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
+  if tonumber(redis.call('GET', KEYS[2]) or '0') > now then
+    interval, burst = math.max(interval, tonumber(ARGV[3])), 1
+  end
+  if interval > 0 then limits[#limits + 1] = {KEYS[1], interval, burst} end
+  local rate = tonumber(redis.call('HGET', KEYS[4], 'rate') or '0')
+  if rate > 0 then limits[#limits + 1] = {KEYS[5], 1000000 / rate, tonumber(ARGV[2])} end
+  for _, limit in ipairs(limits) do
+    local tat = math.max(tonumber(redis.call('GET', limit[1]) or '0'), now)
+    at = math.max(at, tat - (limit[3] - 1) * limit[2])
+  end
+end
+local latest = tonumber(ARGV[8])
+if latest > 0 and at > latest then return {4, math.floor(at - now)} end
+for _, limit in ipairs(limits) do
+  local tat = math.max(tonumber(redis.call('GET', limit[1]) or '0'), at) + limit[2]
+  local ttl = math.ceil((tat - now) / 1000) + 1000
+  redis.call('SET', limit[1], string.format('%.0f', tat), 'PX', ttl)
+end
+if at - now > tonumber(ARGV[7]) then
+  if not slot then
+    redis.call('SET', KEYS[6], string.format('%.0f', at), 'PX', tonumber(ARGV[9]))
+  end
+  return {2, math.floor(at - now)}
+end
+if slot then redis.call('DEL', KEYS[6]) end
+if max_in_flight > 0 then
+  local lapse = at + tonumber(ARGV[6])
+  redis.call('ZADD', KEYS[3], string.format('%.0f', lapse), ARGV[5])
+  redis.call('PEXPIRE', KEYS[3], math.ceil((lapse - now) / 1000) + 1000)
+end
+return {0, math.floor(at - now)}
+"""
+
+# KEYS: in-flight leases, the wake-up list, busy-until. ARGV: lease id ('' for none),
+# max in flight, busy duration in microseconds (0: the attempt was not answered with 1000).
+_RELEASE = """
+if ARGV[1] ~= '' and redis.call('ZREM', KEYS[1], ARGV[1]) == 1 then
+  redis.call('LPUSH', KEYS[2], '1')
+  redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[2]) - 1)
+  redis.call('PEXPIRE', KEYS[2], 60000)
+end
+local busy = tonumber(ARGV[3])
+if busy > 0 then
+  local t = redis.call('TIME')
+  local busy_until = tonumber(t[1]) * 1000000 + tonumber(t[2]) + busy
+  if busy_until > tonumber(redis.call('GET', KEYS[3]) or '0') then
+    redis.call('SET', KEYS[3], string.format('%.0f', busy_until), 'PX', math.ceil(busy / 1000))
+  end
+end
+return 1
+"""
+
+
+def _us(seconds: float) -> int:
+    return math.ceil(seconds * 1_000_000)
+
+
+@dataclass(frozen=True, slots=True)
+class LimitConfig:
+    rate: float | None
+    burst: int
+    max_in_flight: int | None
+    busy_rate: float
+    busy_seconds: float
+    hold: float
+    lease_seconds: float
+    #: Longest countdown a throttled job is handed back with: under half the visibility
+    #: timeout, the same bound the retry countdowns keep (see Settings._check_timing).
+    max_countdown: float
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> LimitConfig:
+        return cls(
+            rate=settings.rate_limit,
+            burst=settings.rate_burst,
+            max_in_flight=settings.max_in_flight,
+            busy_rate=settings.busy_rate,
+            busy_seconds=settings.busy_backoff,
+            hold=settings.throttle_hold,
+            lease_seconds=settings.connect_timeout + settings.read_timeout + LEASE_MARGIN,
+            max_countdown=settings.visibility_timeout / 2,
+        )
+
+
+class ClusterLimiter:
+    """The ``before_send`` hook every worker thread calls before each HTTP attempt."""
+
+    def __init__(self, client: redis.Redis, config: LimitConfig, *, prefix: str = PREFIX) -> None:
+        self.redis = client
+        self.config = config
+        self.prefix = prefix
+        self.busy_key = f"{prefix}:busy_until"
+        self._tat_key = f"{prefix}:tat"
+        self._in_flight_key = f"{prefix}:in_flight"
+        self._freed_key = f"{prefix}:freed"
+        self._acquire = client.register_script(_ACQUIRE)
+        self._release = client.register_script(_RELEASE)
+
+    def __call__(self, context: SendContext) -> AfterSend | None:
+        started = time.monotonic()
+        try:
+            return self.before_send(context)
+        finally:
+            metrics.observe_rate_limit_wait(time.monotonic() - started)
+
+    def before_send(self, context: SendContext) -> AfterSend | None:
+        """Wait for the limiter's go; raise JobCancelled, JobExpired or Throttled instead."""
+        config = self.config
+        lease = uuid.uuid4().hex
+        started = time.monotonic()
+        while True:
+            left = config.hold - (time.monotonic() - started)
+            status, wait_us = self._ask(context, lease, max(left, 0.0))
+            wait = wait_us / 1_000_000
+            if status == CANCELLED:
+                raise JobCancelled("the batch was cancelled before this job was sent")
+            if status == TOO_LATE:
+                raise JobExpired("the rate limit would hold the job past its expiry")
+            if status == THROTTLED:
+                countdown = min(max(wait - config.hold / 2, 0.0), config.max_countdown)
+                raise Throttled(f"rate limited for {wait:.1f} s", wait=countdown)
+            if status == FULL:
+                if left <= 0:
+                    raise Throttled("every in-flight slot is busy", wait=min(1.0, config.hold))
+                self._wait_for_release(min(max(wait, 0.001), left))
+                continue
+            if wait > 0:
+                time.sleep(wait)
+                # A cancel that came while this thread slept still stops the send.
+                if context.batch_id and self.redis.hexists(
+                    batch_key(context.batch_id), "cancelled"
+                ):
+                    self._after(lease, None)
+                    raise JobCancelled("the batch was cancelled before this job was sent")
+            return lambda error: self._after(lease, error)
+
+    def _ask(self, context: SendContext, lease: str, max_wait: float) -> tuple[int, int]:
+        config = self.config
+        job = context.job_id or lease
+        reply = self._acquire(
+            keys=[
+                self._tat_key,
+                self.busy_key,
+                self._in_flight_key,
+                batch_key(context.batch_id),
+                f"{self.prefix}:batch:{context.batch_id or '-'}:tat",
+                f"{self.prefix}:slot:{job}",
+            ],
+            args=[
+                _us(1 / config.rate) if config.rate else 0,
+                config.burst,
+                _us(1 / config.busy_rate),
+                config.max_in_flight or 0,
+                lease,
+                _us(config.lease_seconds),
+                _us(max_wait),
+                _us(context.expires_at) if context.expires_at else 0,
+                int((config.max_countdown + config.hold) * 1000) + 60_000,
+            ],
+        )
+        return int(reply[0]), int(reply[1])
+
+    def _wait_for_release(self, seconds: float) -> None:
+        """Block on the wake-up list (a release pushes to it) rather than polling the script."""
+        self.redis.blpop([self._freed_key], timeout=max(round(seconds, 3), 0.001))
+
+    def _after(self, lease: str, error: ApiError | None) -> None:
+        busy = isinstance(error, ApiBusy)
+        if busy:
+            log.warning(
+                "API busy (code 1000): the cluster sends at most %g requests/s for %g s",
+                self.config.busy_rate,
+                self.config.busy_seconds,
+            )
+        if not self.config.max_in_flight and not busy:
+            return
+        self._release(
+            keys=[self._in_flight_key, self._freed_key, self.busy_key],
+            args=[
+                lease if self.config.max_in_flight else "",
+                self.config.max_in_flight or 1,
+                _us(self.config.busy_seconds) if busy else 0,
+            ],
+        )
