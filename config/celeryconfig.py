@@ -34,7 +34,6 @@ task_acks_late = True
 task_reject_on_worker_lost = True
 # One message at a time per thread: prefetched jobs would sit unacknowledged and age.
 worker_prefetch_multiplier = 1
-task_track_started = True
 result_expires = _settings.result_ttl
 
 # Flower: workers send task events, producers send sent-events.

@@ -11,7 +11,18 @@ from worker.jobs import AlreadyFinal, Delivery, RetryLater
 from worker.runtime import runner
 
 
-@app.task(name=CLOSE_TASK, bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=None)
+@app.task(
+    name=CLOSE_TASK,
+    bind=True,
+    acks_late=True,
+    reject_on_worker_lost=True,
+    max_retries=None,
+    # Each job's result goes to the results channel (worker.jobstate); storing it in Celery's
+    # backend as well cost two more Redis round trips per job for nothing a reader uses.
+    ignore_result=True,
+    # A malformed message is dropped with a log line instead of stopping the worker.
+    Strategy="worker.taskstrategy:checked",
+)
 def close_stream(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
     delivery = Delivery(
         job_id=self.request.id,

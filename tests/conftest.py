@@ -135,8 +135,15 @@ class WorkerProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log_file:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "worker.cli", "worker", "-c", str(self.concurrency)]
-                + list(self.args),
+                [
+                    sys.executable,
+                    "-m",
+                    "worker.cli",
+                    "worker",
+                    "-c",
+                    str(self.concurrency),
+                    *self.args,
+                ],
                 env=self.env,
                 stdout=log_file,
                 stderr=subprocess.STDOUT,

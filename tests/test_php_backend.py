@@ -199,3 +199,46 @@ def test_python_json_without_slash_escaping_is_refused(backend: Backend) -> None
     assert seen["stream"] == "a/b"
     # The same request signed by us is accepted.
     assert backend.post(signed_body(fields, SECRET))[0]["status"] == "success"
+
+
+@pytest.mark.parametrize("names", list(NAMES.values()), ids=list(NAMES))
+def test_php_accepts_closes_sent_by_the_worker_client(
+    backend: Backend, names: tuple[str, str, str], redis_client: Any
+) -> None:
+    """The whole send path a worker uses: clock, signing, session, classification."""
+    from pydantic import SecretStr
+
+    from worker.client import Account, ScaleEngineClient
+    from worker.http import SessionPool
+    from worker.retry import RetryPolicy
+    from worker.timestamps import TimestampClock
+
+    client = ScaleEngineClient(
+        api_url=backend.url,
+        account=Account(cdn=158, api_key=SecretStr(API_KEY), api_secret=SecretStr(SECRET)),
+        clock=TimestampClock(redis_client, f"streamctl:test-php:{time.time_ns()}"),
+        sessions=SessionPool(),
+        policy=RetryPolicy(
+            max_attempts=1,
+            deadline=5,
+            backoff_initial=0.1,
+            backoff_max=0.1,
+            busy_backoff=0.1,
+            celery_max_retries=0,
+            celery_retry_countdown=1,
+        ),
+        timeout=(2, 5),
+    )
+    app, inst, stream = names
+    attempts: list[Any] = []
+    success = client.close_stream(
+        CloseJob.parse({"app": app, "inst": inst, "stream": stream}),
+        origin_url="jb-origin.secdn.net",
+        expires_at=time.time() + 60,
+        deadline=5,
+        on_attempt=attempts.append,
+    )
+    assert success.handle_time is not None  # PHP answered "status": "success"
+    assert [attempt.http_status for attempt in attempts] == [200]
+    last = json.loads(backend.log.read_text("utf-8").splitlines()[-1])
+    assert (last["app"], last["inst"], last["stream"]) == names

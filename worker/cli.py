@@ -14,6 +14,9 @@ from worker.flower_cli import flower
 from worker.health import check
 from worker.reconnect_cli import batch, reconnect
 
+#: Seconds a thread may hold the GIL before a waiting thread gets it (CPython's default: 0.005).
+SWITCH_INTERVAL = 0.0005
+
 # Shared with the commands defined in their own modules (they cannot import this one).
 _friendly_errors = friendly_errors
 
@@ -97,6 +100,10 @@ def worker(ctx: click.Context, concurrency: int | None, loglevel: str | None) ->
     configure_logging(settings)
     from worker.app import app
 
+    # The consumer's event loop runs in the main thread and makes blocking Redis round trips;
+    # after each, it waits for the GIL while pool threads hold it. With the default 5 ms switch
+    # interval that wait, not Redis, bounded a worker to ~80 jobs/s (benchmarks/run.py).
+    sys.setswitchinterval(SWITCH_INTERVAL)
     argv = [
         "worker",
         "--pool",

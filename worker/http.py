@@ -11,6 +11,7 @@ import email.utils
 import json
 import threading
 import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,11 @@ class SessionPool:
 
     def __init__(self, *, ca_bundle: Path | None = None) -> None:
         self._verify: bool | str = str(ca_bundle) if ca_bundle is not None else True
+        self._proxies = {
+            scheme: url
+            for scheme, url in urllib.request.getproxies().items()
+            if scheme in ("http", "https")
+        }
         self._local = threading.local()
 
     @property
@@ -69,6 +75,11 @@ class SessionPool:
             session.mount("http://", adapter)
             session.headers["User-Agent"] = USER_AGENT
             session.verify = self._verify
+            # requests re-reads proxy and CA variables from the environment on every request
+            # (over a millisecond each); read the proxies once, and never let the environment
+            # change TLS verification.
+            session.trust_env = False
+            session.proxies.update(self._proxies)
             self._local.session = session
         return session
 

@@ -31,6 +31,7 @@ if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', tonumber(ARGV[3])) then
 """
     + COUNT_IN_BATCH_LUA
     + """
+  redis.call('DEL', KEYS[4])
   return 1
 end
 return 0
@@ -148,7 +149,12 @@ class JobState:
     def publish_final(self, result: JobResult) -> bool:
         """Store, publish and log the final result; False if the job already had one."""
         published = self._publish_once(
-            keys=[_key(result.job_id, "result"), self._log_stream, batch_key(result.batch_id)],
+            keys=[
+                _key(result.job_id, "result"),
+                self._log_stream,
+                batch_key(result.batch_id),
+                _key(result.job_id, "attempts"),
+            ],
             args=[
                 result.to_json(),
                 self._channel,
@@ -161,6 +167,4 @@ class JobState:
                 OUTCOMES_JSON,
             ],
         )
-        if published:
-            self.redis.delete(_key(result.job_id, "attempts"))
         return bool(published)

@@ -8,6 +8,8 @@ is not enqueued again, so the stream is not closed twice.
 from __future__ import annotations
 
 import contextlib
+import math
+import threading
 import time
 import uuid
 from typing import Any
@@ -17,7 +19,7 @@ from celery import Celery
 from config.settings import Settings, get_settings
 from worker.app import CLOSE_TASK
 from worker.app import app as default_app
-from worker.errors import StreamctlError
+from worker.errors import InvalidTarget, StreamctlError
 from worker.jobstate import CLAIM_TTL, JobState
 from worker.runtime import job_state, redis_client
 from worker.targets import CloseJob, check_origin_url
@@ -49,8 +51,14 @@ def job_kwargs(
     job = CloseJob.parse({**fields, **({"origin_url": origin_url} if origin_url else {})})
     if origin_url is not None:
         check_origin_url(origin_url)
-    if expires is not None and not expires > 0:
-        raise StreamctlError("expires must be a positive number of seconds")
+    # Not finite or not a number: the worker would reject the job, so refuse it here.
+    if expires is not None and not (
+        isinstance(expires, int | float)
+        and not isinstance(expires, bool)
+        and math.isfinite(expires)
+        and expires > 0
+    ):
+        raise InvalidTarget("expires must be a positive number of seconds")
     enqueued_at = time.time() if now is None else now
     kwargs: dict[str, Any] = dict(job.target.as_fields())
     if job.origin_url is not None:
@@ -69,6 +77,7 @@ class Producer:
         self.settings = settings or get_settings()
         self.app = app or default_app
         self.state: JobState = job_state(self.settings, redis_client(self.settings))
+        self._claim_token = uuid.uuid4().hex
 
     def close(
         self,
@@ -92,7 +101,9 @@ class Producer:
             settings=self.settings,
         )
         job_id = job_id or str(uuid.uuid4())
-        token = uuid.uuid4().hex
+        # This producer's claims, per thread: a caller that retries a failed enqueue from the
+        # same thread finds its own claim (even one whose reply was lost) and goes on at once.
+        token = f"{self._claim_token}:{threading.get_ident()}"
         try:
             claimed = self.state.claim_job_id(job_id, token)
         except Exception as exc:

@@ -1,0 +1,193 @@
+"""Shared parts of the fault suite: a private cluster to break, and the figures each test reports.
+
+A ``Cluster`` is a Redis of its own (broker, job state and results), a producer bound to it and
+worker processes started with the cluster's own tuning, so that a test can kill, restart or
+flood it without disturbing the session's Redis and worker. The session's sandbox is shared: a
+test uses targets of its own, so its per-target request counts are its own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import redis
+from celery import Celery
+
+from config.settings import Settings, load_settings
+from tests.conftest import WorkerProcess
+from worker.producer import Producer
+from worker.redis_server import EmbeddedRedis
+
+#: Quick timing for fault clusters; Settings' invariants hold (see ``_check_timing``): the
+#: longest countdown (2 s) is under half the visibility timeout, deadline + read timeout
+#: (6.5 s) under it, and it under the expiry. A short visibility timeout brings a killed
+#: worker's jobs back within seconds.
+FAULT_TUNING = {
+    "STREAMCTL_VISIBILITY_TIMEOUT": "10",
+    "STREAMCTL_RETRY_DEADLINE": "5",
+    "STREAMCTL_READ_TIMEOUT": "1.5",
+    "STREAMCTL_CONNECT_TIMEOUT": "1",
+    "STREAMCTL_MAX_ATTEMPTS": "5",
+    "STREAMCTL_BACKOFF_INITIAL": "0.2",
+    "STREAMCTL_BACKOFF_MAX": "1",
+    "STREAMCTL_BUSY_BACKOFF": "1",
+    "STREAMCTL_CELERY_RETRY_COUNTDOWN": "1",
+    "STREAMCTL_CELERY_MAX_RETRIES": "2",
+    "STREAMCTL_JOB_EXPIRY": "60",
+    "STREAMCTL_LOG_LEVEL": "INFO",
+}
+# Settings the session environment may carry that a cluster must not inherit.
+_NOT_INHERITED = ("CELERY_BROKER_URL", "STREAMCTL_RATE_LIMIT", "STREAMCTL_MAX_IN_FLIGHT")
+
+
+def report(name: str, **figures: Any) -> dict[str, Any]:
+    """Print a test's figures on one line; append them as JSON to $STREAMCTL_FIGURES_FILE."""
+    print(f"FIGURES {name}: " + " ".join(f"{key}={value}" for key, value in figures.items()))
+    path = os.environ.get("STREAMCTL_FIGURES_FILE")
+    if path:
+        entry = {"test": name, "at": datetime.now(UTC).isoformat(timespec="seconds"), **figures}
+        with open(path, "a", encoding="utf-8") as out:
+            out.write(json.dumps(entry) + "\n")
+    return figures
+
+
+def unique_target(prefix: str) -> dict[str, str]:
+    return {"app": "faults", "inst": "live", "stream": f"{prefix}-{uuid.uuid4().hex[:12]}"}
+
+
+def make_app(settings: Settings, queue: str | None = None) -> Celery:
+    """A Celery app like ``worker.app.app`` but bound to ``settings``' broker."""
+    app = Celery("streamctl", set_as_current=False)
+    app.config_from_object("config.celeryconfig")
+    app.conf.update(broker_url=settings.broker_url, result_backend=settings.redis_url)
+    if queue is not None:
+        app.conf.task_default_queue = queue
+    return app
+
+
+class Cluster:
+    """A private Redis, a producer bound to it and the workers a test starts on it."""
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        tuning: Mapping[str, str] | None = None,
+        persistence: bool = False,
+        broker_url: str | None = None,
+        queue: str | None = None,
+    ) -> None:
+        self.root = root
+        self.redis_server = EmbeddedRedis(persistence=persistence).start()
+        self.queue = queue
+        tuned = {**FAULT_TUNING, **(tuning or {})}
+        channel = f"streamctl-faults-{secrets.token_hex(4)}:results"
+        self.env = {
+            **{k: v for k, v in os.environ.items() if k not in _NOT_INHERITED},
+            **tuned,
+            "REDIS_URL": self.redis_server.url,
+            "STREAMCTL_RESULTS_CHANNEL": channel,
+        }
+        if broker_url is not None:
+            self.env["CELERY_BROKER_URL"] = broker_url
+        overrides: dict[str, Any] = {
+            name.removeprefix("STREAMCTL_").lower(): value for name, value in tuned.items()
+        }
+        self.settings = load_settings(
+            **overrides,
+            redis_url=self.redis_server.url,
+            celery_broker_url=broker_url,
+            results_channel=channel,
+            rate_limit=None,
+            max_in_flight=None,
+        )
+        self.app = make_app(self.settings, queue)
+        self.producer = Producer(settings=self.settings, app=self.app)
+        self.redis = redis.Redis.from_url(self.redis_server.url)
+        self.workers: list[WorkerProcess] = []
+        self._seen: dict[str, list[dict[str, Any]]] = {}
+        self._last = "0-0"
+
+    def start_worker(self, name: str, *, concurrency: int = 8) -> WorkerProcess:
+        args = ("-Q", self.queue) if self.queue else ()
+        worker = WorkerProcess(
+            self.root / f"{name}.log", concurrency=concurrency, env=self.env, args=args
+        )
+        self.workers.append(worker.start())
+        return worker
+
+    def close(self) -> None:
+        for worker in self.workers:
+            worker.stop()
+        self.redis.close()
+        self.redis_server.cleanup()
+
+    # --- results -------------------------------------------------------------------------
+
+    def read_results(self) -> dict[str, list[dict[str, Any]]]:
+        """Every job result in the results log so far, by job id (read incrementally)."""
+        while True:
+            entries = self.redis.xrange(self.settings.results_log, min=f"({self._last}", count=5000)
+            if not entries:
+                return self._seen
+            for entry_id, fields in entries:
+                self._last = entry_id.decode()
+                result = json.loads(fields[b"result"])
+                if result.get("type", "job") == "job":
+                    self._seen.setdefault(result["job_id"], []).append(result)
+
+    def wait_for(
+        self, job_ids: Iterable[str], *, timeout: float, idle: float | None = None
+    ) -> dict[str, list[dict[str, Any]]]:
+        """Results of ``job_ids`` once all have one, or whatever came by ``timeout`` (or when
+        no new result came for ``idle`` seconds)."""
+        wanted = set(job_ids)
+        deadline = time.monotonic() + timeout
+        count, progressed = -1, time.monotonic()
+        while True:
+            seen = self.read_results()
+            now = time.monotonic()
+            if len(seen) != count:
+                count, progressed = len(seen), now
+            stalled = idle is not None and now - progressed > idle
+            if wanted <= seen.keys() or now > deadline or stalled:
+                return {job_id: seen.get(job_id, []) for job_id in wanted}
+            time.sleep(0.2)
+
+    def wait_until_done(self, count: int, *, timeout: float) -> int:
+        """Wait until ``count`` job results are in the log; return how many there are."""
+        deadline = time.monotonic() + timeout
+        while len(self.read_results()) < count and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return len(self._seen)
+
+
+@contextmanager
+def cluster(root: Path, **options: Any) -> Iterator[Cluster]:
+    made = Cluster(root, **options)
+    try:
+        yield made
+    finally:
+        made.close()
+
+
+def outcomes(results: Mapping[str, list[dict[str, Any]]]) -> Counter[str]:
+    """How many jobs ended with each outcome (jobs with no result count as ``lost``)."""
+    return Counter(found[0]["outcome"] if found else "lost" for found in results.values())
+
+
+def lost_and_doubled(results: Mapping[str, list[dict[str, Any]]]) -> tuple[int, int]:
+    """Jobs without a final result, and jobs with more than one."""
+    lost = sum(1 for found in results.values() if not found)
+    doubled = sum(1 for found in results.values() if len(found) > 1)
+    return lost, doubled

@@ -1,0 +1,85 @@
+"""Redis (broker, state and results in one, persistence on) restarted while jobs flow."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.faults.harness import cluster, lost_and_doubled, outcomes, report, unique_target
+from worker.producer import EnqueueError
+
+pytestmark = pytest.mark.faults
+
+JOBS = 400
+DOWN_FOR = 2.0
+
+
+def test_redis_restart_mid_run_loses_nothing(tmp_path: Path, sandbox: Any) -> None:
+    with cluster(tmp_path, persistence=True) as fleet:
+        fleet.start_worker("a")
+        fleet.start_worker("b")
+        accepted: list[str] = []
+        failed_enqueues: list[str] = []
+        unexpected: list[BaseException] = []
+
+        def produce() -> None:
+            """A producer that, like any caller, retries an enqueue that raised EnqueueError."""
+            try:
+                for index in range(JOBS):
+                    target, job_id = unique_target("restart"), f"restart-{index}"
+                    while True:
+                        try:
+                            fleet.producer.close(**target, job_id=job_id)
+                        except EnqueueError as exc:
+                            failed_enqueues.append(f"{job_id}: {exc}")
+                            time.sleep(0.2)
+                            continue
+                        accepted.append(job_id)
+                        break
+                    time.sleep(0.01)  # a steady trickle, so enqueues straddle the restart
+            except BaseException as exc:  # anything but EnqueueError is a finding
+                unexpected.append(exc)
+
+        producer = threading.Thread(target=produce, daemon=True)
+        producer.start()
+        while len(accepted) < JOBS // 3 and producer.is_alive():
+            time.sleep(0.05)
+        enqueued_before = len(accepted)
+        fleet.redis_server.restart(down_for=DOWN_FOR)
+        producer.join(timeout=180)
+        assert not producer.is_alive(), "the producer hung"
+        results = fleet.wait_for(accepted, timeout=120)
+        # Each worker's consumer reconnected on its own: Celery logs a second "Connected to".
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not all(
+            worker.log().count("Connected to redis") >= 2 for worker in fleet.workers
+        ):
+            time.sleep(0.2)
+        reconnected = sum(worker.log().count("Connected to redis") >= 2 for worker in fleet.workers)
+        workers_alive = all(worker.alive() for worker in fleet.workers)
+
+    lost, doubled = lost_and_doubled(results)
+    figures = report(
+        "redis-restart",
+        jobs=JOBS,
+        enqueued_before_restart=enqueued_before,
+        redis_down_s=DOWN_FOR,
+        enqueue_errors_retried=len(failed_enqueues),
+        lost=lost,
+        duplicate_results=doubled,
+        outcomes=dict(outcomes(results)),
+        workers_reconnected=reconnected,
+    )
+    assert not unexpected, f"the producer raised {unexpected[0]!r}"
+    clear = ("unreachable", "has not completed")
+    assert all(any(why in text for why in clear) for text in failed_enqueues), failed_enqueues[:3]
+    assert len(results) == JOBS
+    assert figures["lost"] == 0, [job_id for job_id, found in results.items() if not found]
+    assert figures["duplicate_results"] == 0
+    assert figures["outcomes"] == {"success": JOBS}
+    assert workers_alive
+    assert reconnected == 2

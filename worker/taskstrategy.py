@@ -1,0 +1,48 @@
+"""The close task's Celery strategy: a malformed task message is discarded, never fatal.
+
+Found by the fault suite (tests/faults/test_fault_bad_input.py), Celery 5.7: a message whose
+body is not ``[args, kwargs, embed]`` (``["a", "b"]`` or ``5``, say) raises a ValueError or a
+TypeError while Celery turns it into a request, outside the errors its consumer handles, and
+the worker exits ("Unrecoverable error"). Given back to the queue, the same message then stops
+the next worker. Checking the body's shape first and raising InvalidTaskError makes Celery log
+and drop the message instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from celery.exceptions import InvalidTaskError
+from celery.worker.strategy import default
+
+
+def check_body(payload: object) -> None:
+    """Raise InvalidTaskError unless ``payload`` has the shape of a task message body.
+
+    Protocol 2: ``[args, kwargs, embed]``; protocol 1: a mapping with ``args`` and ``kwargs``.
+    """
+    if isinstance(payload, dict):
+        args, kwargs, embed = payload.get("args", []), payload.get("kwargs", {}), None
+    elif isinstance(payload, list | tuple) and len(payload) == 3:
+        args, kwargs, embed = payload
+    else:
+        raise InvalidTaskError("malformed task message: the body must be [args, kwargs, embed]")
+    if not (
+        isinstance(args, list | tuple)
+        and isinstance(kwargs, dict)
+        and isinstance(embed, dict | None)
+    ):
+        raise InvalidTaskError("malformed task message: args must be a list, kwargs a mapping")
+
+
+def checked(task: Any, app: Any, consumer: Any, **options: Any) -> Callable[..., Any]:
+    """Celery's default strategy, behind a check of each message's body."""
+    handle: Callable[..., Any] = default(task, app, consumer, **options)
+
+    def on_message(message: Any, body: Any, *args: Any, **kwargs: Any) -> Any:
+        # body is None for protocol 2: decoding it here raises DecodeError, which Celery handles.
+        check_body(message.payload if body is None else body)
+        return handle(message, body, *args, **kwargs)
+
+    return on_message
