@@ -145,6 +145,12 @@ class Settings(BaseSettings):
     #: Port of the worker's Prometheus exporter. Unset: no exporter, as a fixed default port
     #: would collide when several workers share a host.
     metrics_port: int | None = Field(None, gt=0, lt=65536)
+    #: Seconds between a worker's sweeps for jobs the broker lost (worker.janitor). 10 s ends
+    #: such a job soon after its grace; one sweep per interval runs in the whole cluster.
+    janitor_interval: PositiveFloat = 10.0
+    #: The janitor ends a lost job this many seconds after its expiry plus one HTTP attempt's
+    #: timeouts: 30 s covers clock skew between hosts and a slow publish of a real result.
+    janitor_grace: Annotated[float, Field(ge=0)] = 30.0
 
     # --- the cluster-wide rate limit (worker.ratelimit) -------------------------------------
     #: API requests per second for all workers together, given as ``20/s``, ``1200/m``...;

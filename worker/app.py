@@ -27,3 +27,17 @@ def _start_metrics_exporter(**_: object) -> None:
 
 
 signals.worker_init.connect(_start_metrics_exporter, weak=False)
+
+
+def _start_janitor(**_: object) -> None:
+    """Every worker sweeps for jobs the broker lost and ends them (see ``worker.janitor``).
+
+    Started on the same signal as the exporter, for the same reasons; producers never run it.
+    """
+    from config.settings import get_settings
+    from worker import janitor
+
+    janitor.start(get_settings())
+
+
+signals.worker_init.connect(_start_janitor, weak=False)

@@ -256,6 +256,8 @@ class BatchSender:
             self.batches.create(
                 batch_id, {job_id: target_record(job) for job_id, job, _ in messages}, rate=rate
             )
+            # Before publishing: a job whose message the broker loses still ends (worker.janitor).
+            self.jobs.record_pending((job_id, kwargs) for job_id, _job, kwargs in messages)
         except redis.RedisError as exc:
             raise EnqueueError(f"Redis at REDIS_URL is unreachable: {type(exc).__name__}") from None
         try:
@@ -265,7 +267,7 @@ class BatchSender:
             self.batches.cancel(batch_id)
             raise EnqueueError(
                 f"could not enqueue batch {batch_id} ({type(exc).__name__}); it was cancelled, "
-                "any of its jobs already queued end as cancelled"
+                "any of its jobs already queued end as cancelled, the rest as expired"
             ) from None
         return StartedBatch(batch_id, job_ids, since, expiry, time.monotonic() - started)
 

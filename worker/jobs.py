@@ -96,6 +96,19 @@ class JobRunner:
                 message=f"internal error: {type(exc).__name__}",
             )
 
+    def end_lost(self, job_id: str, kwargs: Mapping[str, Any], message: str) -> JobResult:
+        """End, as ``expired``, a job whose message the broker lost (see ``worker.janitor``).
+
+        Built from the task arguments the producer recorded, as a delivery of it would be;
+        ``publish_final``'s SET NX makes it lose to any result a delivery already published.
+        """
+        delivery = Delivery(job_id=job_id, args=(), kwargs=kwargs)
+        try:
+            job = CloseJob.parse({k: v for k, v in kwargs.items() if k not in META_FIELDS})
+        except InvalidTarget:
+            job = None
+        return self._finish(delivery, job, _meta_or_empty(kwargs), Outcome.EXPIRED, message)
+
     def _run(self, delivery: Delivery) -> JobResult | RetryLater:
         try:
             if delivery.args:

@@ -6,11 +6,18 @@ Two rules keep that safe:
 * the final result is written with ``SET NX`` in the same Lua script that publishes it, so a
   job publishes exactly one final result however often it runs;
 * a job whose final result exists is not run again (``final_result`` is checked first).
+
+Delivery can also lose a message outright: kombu's Redis transport pops it (BRPOP) before it
+records it as unacknowledged, so a worker killed in between takes it along. Producers therefore
+record every job they enqueue as pending (``PENDING_KEY``, scored by its expiry, its task
+arguments in ``PENDING_DATA_KEY``); the publish script drops it, and ``worker.janitor`` ends
+the ones still pending well past their expiry.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict
 from typing import Any
 
@@ -20,11 +27,18 @@ from worker.batchstate import COUNT_IN_BATCH_LUA, OUTCOMES_JSON, SUMMARY_FIELDS_
 from worker.results import Attempt, JobResult
 
 _PREFIX = "streamctl:job"
+#: Jobs enqueued and not yet ended: job id -> its expires_at.
+PENDING_KEY = "streamctl:pending"
+#: Job id -> its task keyword arguments (compact JSON), to end it without its message.
+PENDING_DATA_KEY = "streamctl:pending:data"
 
 # The batch count runs in the same script, in the branch a new result takes: a redelivered
-# job that had already ended is neither published nor counted again.
+# job that had already ended is neither published nor counted again. Whichever result wins,
+# the job is no longer pending.
 _PUBLISH_ONCE = (
     """
+redis.call('ZREM', KEYS[5], ARGV[10])
+redis.call('HDEL', KEYS[6], ARGV[10])
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', tonumber(ARGV[3])) then
   redis.call('PUBLISH', ARGV[2], ARGV[1])
   redis.call('XADD', KEYS[2], 'MAXLEN', '~', tonumber(ARGV[4]), '*', 'result', ARGV[1])
@@ -38,14 +52,20 @@ return 0
 """
 )
 
-# Only the enqueue that claimed a job id may release it.
+# Only the enqueue that claimed a job id may release it (and the pending entry it recorded).
 _RELEASE_CLAIM = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  redis.call('ZREM', KEYS[2], ARGV[2])
+  redis.call('HDEL', KEYS[3], ARGV[2])
+end
 return 0
 """
 #: Seconds an enqueue's claim on a job id lasts before it is published: far above one publish
 #: with its retries, short enough that a claim left by a failed enqueue soon frees the id.
 CLAIM_TTL = 30
+#: Pending jobs written per pipelined command: a 10,000-job batch is a few commands.
+_PENDING_CHUNK = 1000
 
 
 def _key(job_id: str, part: str) -> str:
@@ -94,13 +114,42 @@ class JobState:
             return True
         return None if value.startswith("claimed:") else False
 
+    def record_pending(self, jobs: Iterable[tuple[str, Mapping[str, Any]]]) -> None:
+        """Record jobs as pending before their messages are published: (job id, task kwargs).
+
+        One pipelined round trip. Only new job ids come here (a claimed id, a new batch).
+        """
+        pipe = self.redis.pipeline(transaction=False)
+        items = list(jobs)
+        for start in range(0, len(items), _PENDING_CHUNK):
+            chunk = items[start : start + _PENDING_CHUNK]
+            pipe.zadd(PENDING_KEY, {job_id: kw["expires_at"] for job_id, kw in chunk})
+            data = {job_id: json.dumps(kw, separators=(",", ":")) for job_id, kw in chunk}
+            pipe.hset(PENDING_DATA_KEY, mapping=data)  # type: ignore[arg-type]
+        pipe.execute()
+
+    def pending_due(self, before: float, limit: int) -> list[tuple[str, dict[str, Any]]]:
+        """Up to ``limit`` pending jobs that expired before ``before``: (job id, task kwargs)."""
+        raw_ids = self.redis.zrangebyscore(PENDING_KEY, "-inf", before, start=0, num=limit)
+        ids = [raw.decode() if isinstance(raw, bytes) else str(raw) for raw in raw_ids]
+        if not ids:
+            return []
+        data = self.redis.hmget(PENDING_DATA_KEY, ids)
+        # An entry without data (a half-failed write) still ends, with its job id alone.
+        return [
+            (job_id, json.loads(raw) if raw else {}) for job_id, raw in zip(ids, data, strict=True)
+        ]
+
     def confirm_job_id(self, job_id: str) -> None:
         """The job is published: keep its idempotency key for the result TTL."""
         self.redis.set(_key(job_id, "enqueued"), "1", ex=self._ttl)
 
     def release_job_id(self, job_id: str, token: str) -> None:
         """Undo ``claim_job_id`` when the enqueue itself failed, so the producer can retry."""
-        self._release(keys=[_key(job_id, "enqueued")], args=[f"claimed:{token}"])
+        self._release(
+            keys=[_key(job_id, "enqueued"), PENDING_KEY, PENDING_DATA_KEY],
+            args=[f"claimed:{token}", job_id],
+        )
 
     # --- worker side ------------------------------------------------------------------------
 
@@ -154,6 +203,8 @@ class JobState:
                 self._log_stream,
                 batch_key(result.batch_id),
                 _key(result.job_id, "attempts"),
+                PENDING_KEY,
+                PENDING_DATA_KEY,
             ],
             args=[
                 result.to_json(),
@@ -165,6 +216,7 @@ class JobState:
                 result.batch_id or "",
                 SUMMARY_FIELDS_JSON,
                 OUTCOMES_JSON,
+                result.job_id,
             ],
         )
         return bool(published)

@@ -116,6 +116,9 @@ class Producer:
                 f"try again in {CLAIM_TTL} s"
             )
         try:
+            # Recorded before the message exists, so that a message the broker loses still
+            # ends with a final result (worker.janitor); a failed enqueue removes it again.
+            self.state.record_pending([(job_id, kwargs)])
             self.app.send_task(
                 CLOSE_TASK,
                 kwargs=kwargs,

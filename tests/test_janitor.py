@@ -1,0 +1,81 @@
+"""The janitor ends a job whose message the broker lost, once; jobs that ran are left alone.
+
+A private cluster (tests.faults.harness) so that its janitor's lock and quick timing are its
+own: the session worker's janitor sweeps the session Redis on the default interval.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from tests.faults.harness import cluster, unique_target
+from worker.batch import BatchSender
+from worker.janitor import LOST_MESSAGE, grace_seconds, sweep
+from worker.jobstate import PENDING_DATA_KEY, PENDING_KEY
+from worker.runtime import build_runner
+from worker.targets import CloseJob
+
+#: A sweep every half second, 2.5 s past expiry (connect 1 + read 1.5 + grace 0).
+QUICK_JANITOR = {"STREAMCTL_JANITOR_INTERVAL": "0.5", "STREAMCTL_JANITOR_GRACE": "0"}
+#: The lost job's expiry: long enough for the worker to start before the sweep can end it.
+LOST_EXPIRES = 2.0
+
+
+def _drop_message(fleet: Any, job_id: str) -> None:
+    """Take a job's message off the queue, as a worker killed right after BRPOP does."""
+    for raw in fleet.redis.lrange("streamctl", 0, -1):
+        if json.loads(raw)["headers"]["id"] == job_id:
+            assert fleet.redis.lrem("streamctl", 1, raw) == 1
+            return
+    raise AssertionError(f"no message for {job_id} on the queue")
+
+
+def test_lost_message_ends_expired_once_and_finished_jobs_are_left_alone(
+    tmp_path: Path, sandbox: Any
+) -> None:
+    with cluster(tmp_path, tuning=QUICK_JANITOR) as fleet:
+        # Enqueued with no worker running, so that a message can be taken off the queue.
+        single = fleet.producer.close(**unique_target("janitor-ok"))
+        assert fleet.redis.zscore(PENDING_KEY, single) is not None
+        jobs = [CloseJob.parse(unique_target("janitor-batch")) for _ in range(2)]
+        sender = BatchSender(fleet.settings, fleet.app)
+        batch = sender.start(jobs, expires=LOST_EXPIRES)
+        ran, lost = batch.job_ids
+        _drop_message(fleet, lost)
+        fleet.start_worker("janitor", concurrency=2)
+
+        results = fleet.wait_for([single, ran, lost], timeout=60)
+        pending_after = fleet.redis.zcard(PENDING_KEY) + fleet.redis.hlen(PENDING_DATA_KEY)
+        progress = sender.batches.progress(batch.batch_id)
+        for worker in fleet.workers:
+            worker.stop()
+        # Any later sweep, however late, ends nothing more: finished jobs are not pending.
+        runner = build_runner(fleet.settings)
+        later = time.time() + 3600
+        swept = None
+        deadline = time.monotonic() + 10
+        while swept is None and time.monotonic() < deadline:  # the worker's lock lapses
+            swept = sweep(runner.state, runner.end_lost, grace=0, lock_seconds=1, now=later)
+            time.sleep(0.1)
+        # Read again after that sweep: the lists fill in place as results come.
+        results = fleet.wait_for([single, ran, lost], timeout=1)
+
+    assert [len(results[job_id]) for job_id in (single, ran, lost)] == [1, 1, 1]
+    assert results[single][0]["outcome"] == "success"
+    assert results[ran][0]["outcome"] == "success"
+    ended = results[lost][0]
+    assert ended["outcome"] == "expired"
+    assert ended["message"] == LOST_MESSAGE
+    assert ended["batch_id"] == batch.batch_id
+    assert ended["target"] == dict(jobs[1].target.as_fields())
+    assert ended["attempts"] == []
+    assert sandbox.requests_for(jobs[1].target.as_fields()) == []
+    assert pending_after == 0
+    assert swept == 0
+    # The batch ends too: the janitor's result is counted like any other.
+    assert progress.finished
+    assert (progress.counts["success"], progress.counts["expired"]) == (1, 1)
+    assert grace_seconds(fleet.settings) == 2.5
