@@ -37,8 +37,8 @@ LOCK_KEY = "streamctl:janitor:lock"
 #: Pending jobs read per round trip; the lock is renewed between chunks of a long sweep.
 SWEEP_CHUNK = 200
 LOST_MESSAGE = (
-    "the broker lost the job's message (a worker died while taking it from the queue); "
-    "nothing was sent after its expiry"
+    "the broker lost the job's message (a worker or Redis died while it was being taken from "
+    "the queue); nothing was sent after its expiry"
 )
 
 EndLost = Callable[[str, Mapping[str, Any], str], JobResult]

@@ -44,6 +44,9 @@ FAULT_TUNING = {
     "STREAMCTL_CELERY_RETRY_COUNTDOWN": "1",
     "STREAMCTL_CELERY_MAX_RETRIES": "2",
     "STREAMCTL_JOB_EXPIRY": "60",
+    # A message lost in transit ends (expired) soon after its expiry, within the tests' waits.
+    "STREAMCTL_JANITOR_INTERVAL": "1",
+    "STREAMCTL_JANITOR_GRACE": "2",
     "STREAMCTL_LOG_LEVEL": "INFO",
 }
 # Settings the session environment may carry that a cluster must not inherit.
