@@ -138,6 +138,10 @@ class Settings(BaseSettings):
     visibility_timeout: PositiveFloat = 300.0
 
     # --- the worker --------------------------------------------------------------------------
+    #: Most jobs a batch message carries (worker.chunks). Celery's own cost per message is then
+    #: shared by up to 10 jobs, while a thread's share of a 10,000-job batch stays small
+    #: enough that no thread idles long at its end (benchmarks/run.py; README, Performance).
+    batch_chunk: PositiveInt = 10
     #: Threads per worker. Closes are I/O bound (~0.4 s each), so threads, not processes.
     worker_concurrency: PositiveInt = 32
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

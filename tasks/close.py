@@ -1,28 +1,30 @@
-"""The close-stream task: unpack the delivery, run the job, report. Nothing else."""
+"""The close-stream tasks: unpack the delivery, run the job(s), report. Nothing else."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from celery import Task
+from celery.exceptions import Reject
 
-from worker.app import CLOSE_TASK, app
+from worker import chunks
+from worker.app import CLOSE_MANY_TASK, CLOSE_TASK, app
 from worker.jobs import AlreadyFinal, Delivery, RetryLater
 from worker.runtime import runner
 
-
-@app.task(
-    name=CLOSE_TASK,
-    bind=True,
-    acks_late=True,
-    reject_on_worker_lost=True,
-    max_retries=None,
+_OPTIONS: dict[str, Any] = {
+    "bind": True,
+    "acks_late": True,
+    "reject_on_worker_lost": True,
     # Each job's result goes to the results channel (worker.jobstate); storing it in Celery's
     # backend as well cost two more Redis round trips per job for nothing a reader uses.
-    ignore_result=True,
+    "ignore_result": True,
     # A malformed message is dropped with a log line instead of stopping the worker.
-    Strategy="worker.taskstrategy:checked",
-)
+    "Strategy": "worker.taskstrategy:checked",
+}
+
+
+@app.task(name=CLOSE_TASK, max_retries=None, **_OPTIONS)
 def close_stream(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
     delivery = Delivery(
         job_id=self.request.id,
@@ -36,3 +38,26 @@ def close_stream(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
     if isinstance(outcome, AlreadyFinal):
         return outcome.result
     return outcome.to_dict()
+
+
+@app.task(name=CLOSE_MANY_TASK, **_OPTIONS)
+def close_many(self: Task, *args: Any, **kwargs: Any) -> dict[str, int]:
+    try:
+        entries = chunks.parse_chunk(args, kwargs)
+    except chunks.InvalidChunk as exc:
+        raise Reject(f"malformed batch message: {exc}", requeue=False) from None
+    job_runner = runner()
+    deliveries = []
+    for job_id, job_kwargs in entries:
+        if isinstance(job_kwargs, dict):
+            deliveries.append(Delivery(job_id=job_id, args=(), kwargs=job_kwargs))
+        else:
+            job_runner.reject(job_id, "a batch entry must be an object of the job's fields")
+    run = job_runner.run_chunk(deliveries)
+    for delivery, later in run.retry_later:
+        chunks.send_retry(
+            self.app, delivery.job_id, delivery.kwargs, countdown=later.countdown, retries=1
+        )
+    if run.leftover:
+        chunks.send_chunk(self.app, [(d.job_id, d.kwargs) for d in run.leftover])
+    return {"ended": run.ended, "retried": len(run.retry_later), "leftover": len(run.leftover)}

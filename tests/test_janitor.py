@@ -6,6 +6,7 @@ own: the session worker's janitor sweeps the session Redis on the default interv
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 from pathlib import Path
@@ -13,6 +14,7 @@ from typing import Any
 
 from tests.faults.harness import cluster, unique_target
 from worker.batch import BatchSender
+from worker.chunks import JOBS_FIELD
 from worker.janitor import LOST_MESSAGE, grace_seconds, sweep
 from worker.jobstate import PENDING_DATA_KEY, PENDING_KEY
 from worker.runtime import build_runner
@@ -24,10 +26,19 @@ QUICK_JANITOR = {"STREAMCTL_JANITOR_INTERVAL": "0.5", "STREAMCTL_JANITOR_GRACE":
 LOST_EXPIRES = 2.0
 
 
+def _message_jobs(raw: bytes) -> list[str]:
+    """The job ids a queued message carries: a batch message's entries, else its task id."""
+    message = json.loads(raw)
+    _args, kwargs, _embed = json.loads(base64.b64decode(message["body"]))
+    return list(kwargs.get(JOBS_FIELD, {})) or [message["headers"]["id"]]
+
+
 def _drop_message(fleet: Any, job_id: str) -> None:
     """Take a job's message off the queue, as a worker killed right after BRPOP does."""
     for raw in fleet.redis.lrange("streamctl", 0, -1):
-        if json.loads(raw)["headers"]["id"] == job_id:
+        if job_id in _message_jobs(raw):
+            # A small batch goes one job per message (worker.chunks.chunk_size).
+            assert _message_jobs(raw) == [job_id]
             assert fleet.redis.lrem("streamctl", 1, raw) == 1
             return
     raise AssertionError(f"no message for {job_id} on the queue")

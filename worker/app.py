@@ -12,6 +12,8 @@ app.config_from_object("config.celeryconfig")
 
 #: The stable task name; producers in any language enqueue by it.
 CLOSE_TASK = "scaleengine.stream.close"
+#: Many close jobs in one message (batches; see ``worker.chunks``).
+CLOSE_MANY_TASK = "scaleengine.stream.close_many"
 
 
 def _start_metrics_exporter(**_: object) -> None:

@@ -3,8 +3,9 @@
 Every line is validated before anything is enqueued (``CloseJob.parse``, as for single
 closes); bad lines are reported by line number and stop the batch unless the caller skips
 them. A target named twice is closed once. The jobs of a batch are published through one
-kombu producer inside ``Producer.batch()``: on Redis that is one pipelined round trip per
-thousand messages, on RabbitMQ plain publishes on one channel, which never wait for a reply.
+kombu producer inside ``Producer.batch()``, several jobs to a message (``worker.chunks``): on
+Redis that is one pipelined round trip per thousand messages, on RabbitMQ plain publishes on
+one channel, which never wait for a reply.
 
     from worker.batch import reconnect, wait_for_batch
     started = reconnect("targets.csv", rate=50)
@@ -28,9 +29,10 @@ import redis
 from celery import Celery
 
 from config.settings import Settings, get_settings
-from worker.app import CLOSE_TASK
+from worker.app import CLOSE_MANY_TASK
 from worker.app import app as default_app
 from worker.batchstate import BatchState, check_batch_id
+from worker.chunks import chunk_kwargs, chunk_repr, chunk_size, split
 from worker.errors import InvalidTarget, StreamctlError
 from worker.jobstate import JobState
 from worker.producer import PUBLISH_RETRY_POLICY, EnqueueError, job_kwargs
@@ -39,7 +41,7 @@ from worker.runtime import job_state, redis_client
 from worker.targets import JOB_FIELDS, CloseJob
 from worker.watch import follow
 
-#: Messages per pipelined round trip to a Redis broker.
+#: Batch messages per pipelined round trip to a Redis broker.
 PUBLISH_CHUNK = 1000
 #: Batches send no "task-sent" events (see BatchSender._publish).
 SENT_EVENTS = False
@@ -274,28 +276,31 @@ class BatchSender:
     def _publish(self, messages: Sequence[tuple[str, CloseJob, dict[str, Any]]]) -> None:
         amqp = self.app.amqp
         queue = amqp.queues[self.app.conf.task_default_queue]
+        jobs = [(job_id, kwargs) for job_id, _job, kwargs in messages]
+        size = chunk_size(len(jobs), self.settings.batch_chunk)
         with self.app.producer_or_acquire() as producer:
             # Declared once here, not once per message as a plain send_task would.
             producer.maybe_declare(queue, retry=True, **PUBLISH_RETRY_POLICY)
-            for start in range(0, len(messages), PUBLISH_CHUNK):
+            for group in split(split(jobs, size), PUBLISH_CHUNK):
                 with producer.batch(max_size=PUBLISH_CHUNK * 2):
-                    for job_id, job, kwargs in messages[start : start + PUBLISH_CHUNK]:
+                    for chunk in group:
+                        first_job_id = chunk[0][0]
                         message = amqp.create_task_message(
-                            job_id,
-                            CLOSE_TASK,
+                            f"{first_job_id}+{len(chunk)}",
+                            CLOSE_MANY_TASK,
                             (),
-                            kwargs,
+                            chunk_kwargs(chunk),
                             argsrepr="()",
-                            kwargsrepr=repr(dict(job.target.as_fields())),
+                            kwargsrepr=chunk_repr(chunk),
                             # Results go to our own channel; Celery's backend need not keep them.
                             ignore_result=True,
-                            # One "task-sent" event per job would double the publishing work;
-                            # Flower still sees each job received, started and finished.
+                            # A "task-sent" event per message would double the publishing work;
+                            # Flower still sees each message received, started and finished.
                             create_sent_event=SENT_EVENTS,
                         )
                         amqp.send_task_message(
                             producer,
-                            CLOSE_TASK,
+                            CLOSE_MANY_TASK,
                             message,
                             queue=queue,
                             declare=[],

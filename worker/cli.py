@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sys
 
 import click
@@ -13,9 +14,6 @@ from worker.cli_errors import friendly_errors
 from worker.flower_cli import flower
 from worker.health import check
 from worker.reconnect_cli import batch, reconnect
-
-#: Seconds a thread may hold the GIL before a waiting thread gets it (CPython's default: 0.005).
-SWITCH_INTERVAL = 0.0005
 
 # Shared with the commands defined in their own modules (they cannot import this one).
 _friendly_errors = friendly_errors
@@ -95,21 +93,21 @@ def worker(ctx: click.Context, concurrency: int | None, loglevel: str | None) ->
     from config.settings import get_settings
     from worker.logs import configure_logging
 
+    if concurrency is not None:
+        # One source for the thread count: the Redis pool and the limiter are sized from it.
+        os.environ["STREAMCTL_WORKER_CONCURRENCY"] = str(concurrency)
+        get_settings.cache_clear()
     settings = get_settings()
     settings.require_credentials()
     configure_logging(settings)
     from worker.app import app
 
-    # The consumer's event loop runs in the main thread and makes blocking Redis round trips;
-    # after each, it waits for the GIL while pool threads hold it. With the default 5 ms switch
-    # interval that wait, not Redis, bounded a worker to ~80 jobs/s (benchmarks/run.py).
-    sys.setswitchinterval(SWITCH_INTERVAL)
     argv = [
         "worker",
         "--pool",
         "threads",
         "--concurrency",
-        str(concurrency or settings.worker_concurrency),
+        str(settings.worker_concurrency),
         "--loglevel",
         loglevel or settings.log_level,
         "--queues",

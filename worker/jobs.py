@@ -10,8 +10,8 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -26,8 +26,8 @@ from worker.errors import (
     Throttled,
     TransientError,
 )
-from worker.jobstate import JobState
-from worker.results import JobResult, Outcome, isoformat, target_dict
+from worker.jobstate import JobState, PriorState
+from worker.results import Attempt, JobResult, Outcome, isoformat, target_dict
 from worker.retry import RetryPolicy
 from worker.targets import JOB_FIELDS, CloseJob
 
@@ -60,6 +60,18 @@ class Delivery:
     celery_retries: int = 0
 
 
+@dataclass(slots=True)
+class ChunkRun:
+    """What running a batch message's jobs left for the task to do."""
+
+    #: Jobs that ended here or had ended before (each has its one final result).
+    ended: int = 0
+    #: Jobs to go back to the broker, each as a single-job message with a countdown.
+    retry_later: list[tuple[Delivery, RetryLater]] = field(default_factory=list)
+    #: Jobs not started because the chunk ran out of time: they go back as a new chunk.
+    leftover: list[Delivery] = field(default_factory=list)
+
+
 @dataclass(frozen=True, slots=True)
 class JobMeta:
     expires_at: float | None
@@ -74,18 +86,53 @@ class JobRunner:
     policy: RetryPolicy
     job_expiry: float
     default_origin_url: str | None
+    #: Seconds after which a chunk starts no more jobs (see ``run_chunk``).
+    chunk_budget: float = 60.0
 
     def run(self, delivery: Delivery) -> JobResult | RetryLater | AlreadyFinal:
-        existing = self.state.final_result(delivery.job_id)
-        if existing is not None:
+        (prior,) = self.state.prior_states([delivery.job_id])
+        return self._run_from(delivery, prior)
+
+    def run_chunk(self, deliveries: Sequence[Delivery]) -> ChunkRun:
+        """Run a batch message's jobs one after another (see ``worker.chunks``).
+
+        The jobs' earlier state is read in one round trip. No job starts once the chunk has
+        run ``chunk_budget`` seconds: the rest are handed back (``ChunkRun.leftover``), so that
+        the message is acknowledged well within the broker's visibility timeout.
+        """
+        started = time.monotonic()
+        priors = self.state.prior_states([delivery.job_id for delivery in deliveries])
+        run = ChunkRun()
+        for index, (delivery, prior) in enumerate(zip(deliveries, priors, strict=True)):
+            if index and time.monotonic() - started > self.chunk_budget:
+                run.leftover.extend(deliveries[index:])
+                break
+            outcome = self._run_from(delivery, prior)
+            if isinstance(outcome, RetryLater):
+                run.retry_later.append((delivery, outcome))
+            else:
+                run.ended += 1
+        return run
+
+    def reject(self, job_id: str, message: str) -> JobResult:
+        """End a job whose message entry is unusable (not an object of fields) as ``rejected``."""
+        delivery = Delivery(job_id=job_id, args=(), kwargs={})
+        meta = JobMeta(None, None, None)
+        return self._finish(delivery, None, meta, Outcome.REJECTED, message, attempts=[])
+
+    def _run_from(
+        self, delivery: Delivery, prior: PriorState
+    ) -> JobResult | RetryLater | AlreadyFinal:
+        if prior.result is not None:
             log.info(
                 "job %s already ended (%s); not sent again",
                 delivery.job_id,
-                existing.get("outcome"),
+                prior.result.get("outcome"),
             )
-            return AlreadyFinal(existing)
+            return AlreadyFinal(prior.result)
+        attempts = list(prior.attempts)
         try:
-            return self._run(delivery)
+            return self._run(delivery, attempts)
         except Exception as exc:  # a bug must still end the job with one final result
             log.exception("job %s: internal error", delivery.job_id)
             return self._finish(
@@ -94,6 +141,7 @@ class JobRunner:
                 _meta_or_empty(delivery.kwargs),
                 Outcome.ERROR,
                 message=f"internal error: {type(exc).__name__}",
+                attempts=attempts,
             )
 
     def end_lost(self, job_id: str, kwargs: Mapping[str, Any], message: str) -> JobResult:
@@ -107,9 +155,19 @@ class JobRunner:
             job = CloseJob.parse({k: v for k, v in kwargs.items() if k not in META_FIELDS})
         except InvalidTarget:
             job = None
-        return self._finish(delivery, job, _meta_or_empty(kwargs), Outcome.EXPIRED, message)
+        meta = _meta_or_empty(kwargs)
+        attempts = self.state.attempts(job_id)
+        return self._finish(delivery, job, meta, Outcome.EXPIRED, message, attempts=attempts)
 
-    def _run(self, delivery: Delivery) -> JobResult | RetryLater:
+    def _note_attempt(self, job_id: str, attempts: list[Attempt], attempt: Attempt) -> None:
+        attempts.append(attempt)
+        if attempt.error is not None:
+            # Another attempt may follow, perhaps in another delivery: keep this one in Redis
+            # so the final result lists it. A successful attempt is the last; it goes into
+            # the final result directly, which saves a round trip per job.
+            self.state.record_attempt(job_id, attempt)
+
+    def _run(self, delivery: Delivery, attempts: list[Attempt]) -> JobResult | RetryLater:
         try:
             if delivery.args:
                 raise InvalidTarget("positional arguments are not accepted; send keyword arguments")
@@ -117,7 +175,12 @@ class JobRunner:
             job = CloseJob.parse({k: v for k, v in delivery.kwargs.items() if k not in META_FIELDS})
         except InvalidTarget as exc:
             return self._finish(
-                delivery, None, _meta_or_empty(delivery.kwargs), Outcome.REJECTED, str(exc)
+                delivery,
+                None,
+                _meta_or_empty(delivery.kwargs),
+                Outcome.REJECTED,
+                str(exc),
+                attempts=attempts,
             )
 
         now = time.time()
@@ -127,7 +190,12 @@ class JobRunner:
             expires_at = base + self.job_expiry
         if now >= expires_at:
             return self._finish(
-                delivery, job, meta, Outcome.EXPIRED, "the job expired before it was sent"
+                delivery,
+                job,
+                meta,
+                Outcome.EXPIRED,
+                "the job expired before it was sent",
+                attempts=attempts,
             )
 
         label = f"job={delivery.job_id} target={job.target}"
@@ -137,24 +205,28 @@ class JobRunner:
                 origin_url=job.origin_url or self.default_origin_url,
                 expires_at=expires_at,
                 deadline=min(self.policy.deadline, expires_at - now),
-                on_attempt=lambda attempt: self.state.record_attempt(delivery.job_id, attempt),
+                on_attempt=lambda attempt: self._note_attempt(delivery.job_id, attempts, attempt),
                 label=label,
                 job_id=delivery.job_id,
                 batch_id=meta.batch_id,
             )
         except JobExpired as exc:
-            return self._finish(delivery, job, meta, Outcome.EXPIRED, str(exc))
+            return self._finish(delivery, job, meta, Outcome.EXPIRED, str(exc), attempts=attempts)
         except JobCancelled as exc:
-            return self._finish(delivery, job, meta, Outcome.CANCELLED, str(exc))
+            return self._finish(delivery, job, meta, Outcome.CANCELLED, str(exc), attempts=attempts)
         except Throttled as exc:
             left = expires_at - time.time()
             if left <= MIN_RETRY_WINDOW:
-                return self._finish(delivery, job, meta, Outcome.EXPIRED, str(exc))
+                return self._finish(
+                    delivery, job, meta, Outcome.EXPIRED, str(exc), attempts=attempts
+                )
             # A hand-back for the rate limit is not a failure: it uses none of the retry budget.
             self.state.add_deferral(delivery.job_id)
             return RetryLater(countdown=min(exc.wait, left - 1), reason=str(exc))
         except PermanentError as exc:
-            return self._finish(delivery, job, meta, Outcome.FAILURE, exc.message, exc)
+            return self._finish(
+                delivery, job, meta, Outcome.FAILURE, exc.message, exc, attempts=attempts
+            )
         except TransientError as exc:
             left = expires_at - time.time()
             retries = delivery.celery_retries
@@ -166,12 +238,26 @@ class JobRunner:
             if retries < self.policy.celery_max_retries:
                 # Retries remain but the expiry leaves no room for one: the job ran out of time.
                 message = f"the job expired before it could be retried (last: {exc.message})"
-                return self._finish(delivery, job, meta, Outcome.EXPIRED, message, exc)
+                return self._finish(
+                    delivery, job, meta, Outcome.EXPIRED, message, exc, attempts=attempts
+                )
             return self._finish(
-                delivery, job, meta, Outcome.ERROR, f"retries exhausted: {exc.message}", exc
+                delivery,
+                job,
+                meta,
+                Outcome.ERROR,
+                f"retries exhausted: {exc.message}",
+                exc,
+                attempts=attempts,
             )
         return self._finish(
-            delivery, job, meta, Outcome.SUCCESS, success.message, handle_time=success.handle_time
+            delivery,
+            job,
+            meta,
+            Outcome.SUCCESS,
+            success.message,
+            handle_time=success.handle_time,
+            attempts=attempts,
         )
 
     def _finish(
@@ -183,6 +269,8 @@ class JobRunner:
         message: str,
         error: ApiError | None = None,
         handle_time: float | None = None,
+        *,
+        attempts: list[Attempt],
     ) -> JobResult:
         origin = job.origin_url or self.default_origin_url if job is not None else None
         result = JobResult(
@@ -195,7 +283,7 @@ class JobRunner:
             message=message,
             api_code=error.api_code if error is not None else None,
             handle_time=handle_time,
-            attempts=self.state.attempts(delivery.job_id),
+            attempts=attempts,
             enqueued_at=_iso(meta.enqueued_at),
         )
         if not self.state.publish_final(result):
@@ -257,4 +345,12 @@ def _iso(moment: float | None) -> str | None:
     return None if moment is None else isoformat(datetime.fromtimestamp(moment, UTC))
 
 
-__all__ = ["JOB_FIELDS", "META_FIELDS", "AlreadyFinal", "Delivery", "JobRunner", "RetryLater"]
+__all__ = [
+    "JOB_FIELDS",
+    "META_FIELDS",
+    "AlreadyFinal",
+    "ChunkRun",
+    "Delivery",
+    "JobRunner",
+    "RetryLater",
+]

@@ -17,8 +17,8 @@ the ones still pending well past their expiry.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
-from dataclasses import asdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import redis
@@ -66,6 +66,14 @@ return 0
 CLAIM_TTL = 30
 #: Pending jobs written per pipelined command: a 10,000-job batch is a few commands.
 _PENDING_CHUNK = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class PriorState:
+    """A job's state as a new delivery of it finds it."""
+
+    result: dict[str, Any] | None
+    attempts: list[Attempt]
 
 
 def _key(job_id: str, part: str) -> str:
@@ -171,6 +179,25 @@ class JobState:
     def attempts(self, job_id: str) -> list[Attempt]:
         raw = self.redis.lrange(_key(job_id, "attempts"), 0, -1)
         return [Attempt(**json.loads(item)) for item in raw]
+
+    def prior_states(self, job_ids: Sequence[str]) -> list[PriorState]:
+        """What earlier deliveries left of each job, in one round trip for all of them.
+
+        A job with a final result is not run again; a job without one carries on from the
+        attempts it made before (they are listed in its final result).
+        """
+        pipe = self.redis.pipeline(transaction=False)
+        for job_id in job_ids:
+            pipe.get(_key(job_id, "result"))
+            pipe.lrange(_key(job_id, "attempts"), 0, -1)
+        replies = pipe.execute()
+        return [
+            PriorState(
+                result=None if result is None else dict(json.loads(result)),
+                attempts=[Attempt(**json.loads(item)) for item in attempts],
+            )
+            for result, attempts in zip(replies[0::2], replies[1::2], strict=True)
+        ]
 
     def add_deferral(self, job_id: str) -> None:
         """Count a hand-back to the broker for the rate limit: it uses no retry budget."""

@@ -19,16 +19,27 @@ _lock = threading.Lock()
 _runner: JobRunner | None = None
 
 
+#: Seconds a thread waits for a free pooled Redis connection before it is an error.
+POOL_WAIT = 10.0
+
+
 def redis_client(settings: Settings) -> redis.Redis:
-    """A Redis client for state and results. Pool sized for a threaded worker."""
-    return redis.Redis.from_url(
+    """A Redis client for state and results, its pool sized for a threaded worker.
+
+    A blocking pool: a thread beyond the pool's size waits for a connection instead of failing
+    the job with "Too many connections" (a worker started with more threads than
+    STREAMCTL_WORKER_CONCURRENCY, by ``celery worker -c``, say, must still work).
+    """
+    pool = redis.BlockingConnectionPool.from_url(
         settings.redis_url,
         max_connections=settings.worker_concurrency + 8,
+        timeout=POOL_WAIT,
         health_check_interval=30,
         socket_connect_timeout=5,
         socket_timeout=10,
         retry_on_timeout=True,
     )
+    return redis.Redis(connection_pool=pool)
 
 
 def job_state(settings: Settings, client: redis.Redis | None = None) -> JobState:
@@ -62,7 +73,20 @@ def build_runner(settings: Settings) -> JobRunner:
         policy=policy,
         job_expiry=settings.job_expiry,
         default_origin_url=settings.origin_url,
+        chunk_budget=chunk_budget(settings),
     )
+
+
+def chunk_budget(settings: Settings) -> float:
+    """Seconds after which a batch message starts no more of its jobs.
+
+    The message is acknowledged only when its last job ends, and Redis redelivers it after
+    the visibility timeout. A job started within the budget ends within one delivery's retry
+    deadline, one read timeout and one throttle wait, so the whole message is done within half
+    the visibility timeout, the same margin a single job's countdown keeps.
+    """
+    longest_job = settings.retry_deadline + settings.read_timeout + settings.throttle_hold
+    return max(settings.visibility_timeout / 2 - longest_job, 0.0)
 
 
 def runner() -> JobRunner:
