@@ -174,6 +174,7 @@ def through_streamctl(
             "p99": latencies[int(len(latencies) * 0.99) - 1],
             "outcomes": {k: v for k, v in summary["counts"].items() if v},
             "peak_rss_mb": max(peak_rss_mb(p.pid) for p in procs),
+            "total_rss_mb": sum(peak_rss_mb(p.pid) for p in procs),
         }
     finally:
         for proc in procs:
@@ -222,7 +223,8 @@ def main() -> None:
                 f"  enqueue                {args.jobs} jobs in {m['enqueue_seconds']:.2f} s "
                 f"({m['enqueue_rate']:.0f}/s)\n"
                 f"  enqueue -> result      p50 {m['p50']:.2f} s   p99 {m['p99']:.2f} s\n"
-                f"  worker peak memory     {m['peak_rss_mb']:.0f} MB (VmHWM, largest worker)\n"
+                f"  worker peak memory     {m['peak_rss_mb']:.0f} MB (VmHWM, largest worker; "
+                f"{m['total_rss_mb']:.0f} MB all {args.workers})\n"
                 f"  outcomes               {m['outcomes']}\n"
                 f"  stand-in               {stats['requests']} requests, "
                 f"{stats['replays']} replayed"

@@ -15,6 +15,7 @@ from worker.batchstate import BatchState
 from worker.client import SendContext
 from worker.errors import ApiBusy, JobCancelled, JobExpired, Throttled
 from worker.ratelimit import ClusterLimiter, LimitConfig
+from worker.timestamps import TimestampClock
 
 BASE = LimitConfig(
     rate=None,
@@ -48,6 +49,46 @@ def context(batch_id: str | None = None, expires_in: float = 60.0) -> SendContex
     )
 
 
+def goes(limiter: ClusterLimiter, send_context: SendContext) -> bool:
+    """True when the limiter lets the attempt go (it may sleep first), False when it hands the
+    job back (Throttled); a cancel or an expiry raises."""
+    try:
+        limiter.before_send(send_context)
+    except Throttled:
+        return False
+    return True
+
+
+def test_a_go_carries_a_timestamp_claimed_as_the_clock_claims_it(
+    make: object, redis_client: redis.Redis
+) -> None:
+    """The limiter claims the attempt's timestamp in its own round trip (worker.timestamps'
+    rule): strictly increasing per target, whichever of the two claimed last."""
+    limiter = make()  # type: ignore[operator]
+    clock = TimestampClock(redis_client, f"streamctl-test-ts:{uuid.uuid4().hex[:8]}")
+    now = clock.now()
+
+    def claimed_by_limiter(target: str) -> int | None:
+        send_context = SendContext(
+            job_id=uuid.uuid4().hex,
+            batch_id=None,
+            expires_at=time.time() + 60,
+            timestamp_key=clock.key(target),
+            timestamp_now=now,
+        )
+        return limiter.before_send(send_context).timestamp  # type: ignore[no-any-return]
+
+    first = claimed_by_limiter("a")
+    second = claimed_by_limiter("a")
+    by_clock = clock.claim("a")  # waits for the claimed second, about 2 s ahead
+    third = claimed_by_limiter("a")
+    assert first == now and second == now + 1 and by_clock == now + 2 and third == now + 3
+    assert claimed_by_limiter("b") == now  # another target has its own sequence
+    assert redis_client.ttl(clock.key("a")) > 0
+    # Without a timestamp key the limiter claims nothing; the client claims itself.
+    assert limiter.before_send(context()).timestamp is None  # type: ignore[attr-defined]
+
+
 def test_rate_bound_holds_for_threads_sharing_the_limiter(make: object) -> None:
     rate, burst = 80.0, 4
     limiter = make(rate=rate, burst=burst)  # type: ignore[operator]
@@ -56,7 +97,7 @@ def test_rate_bound_holds_for_threads_sharing_the_limiter(make: object) -> None:
 
     def send_many() -> None:
         for _ in range(12):
-            after = limiter.before_send(context())
+            after = limiter.before_send(context()).after
             with lock:
                 sent.append(time.monotonic())
             if after is not None:
@@ -79,30 +120,30 @@ def test_rate_bound_holds_for_threads_sharing_the_limiter(make: object) -> None:
 
 def test_in_flight_slots_are_bounded_released_and_lapse(make: object) -> None:
     limiter = make(max_in_flight=2, hold=0.3, lease_seconds=0.5)  # type: ignore[operator]
-    first = limiter.before_send(context())
-    second = limiter.before_send(context())
+    first = limiter.before_send(context()).after
+    second = limiter.before_send(context()).after
     assert first is not None and second is not None
     with pytest.raises(Throttled):  # both slots taken: waits its hold, then hands back
         limiter.before_send(context())
     first(None)
-    third = limiter.before_send(context())
+    third = limiter.before_send(context()).after
     assert third is not None
     # Neither remaining slot is released (a crashed worker): their leases lapse.
     time.sleep(0.6)
-    assert limiter.before_send(context()) is not None
+    assert goes(limiter, context())
 
 
 def test_code_1000_slows_every_caller_down(make: object) -> None:
     limiter = make(busy_rate=1.0, busy_seconds=30.0, hold=0.2)  # type: ignore[operator]
     other_worker = make(busy_rate=1.0, busy_seconds=30.0, hold=0.2)  # type: ignore[operator]
     for _ in range(5):  # no rate limit: nothing waits
-        after = limiter.before_send(context())
+        after = limiter.before_send(context()).after
         assert after is not None
         after(None)
-    after = limiter.before_send(context())
+    after = limiter.before_send(context()).after
     assert after is not None
     after(ApiBusy("too busy", api_code="1000"))
-    assert other_worker.before_send(context()) is not None  # one request a second still goes
+    assert goes(other_worker, context())  # one request a second still goes
     with pytest.raises(Throttled) as caught:
         other_worker.before_send(context())
     assert caught.value.wait >= 0
@@ -115,7 +156,7 @@ def test_cancelled_batch_and_send_after_expiry_are_refused(
     batches = BatchState(redis_client, ttl_seconds=60)
     batch_id = f"t-{uuid.uuid4().hex[:10]}"
     batches.create(batch_id, {f"{batch_id}-0": {"stream_id": 1}})
-    assert limiter.before_send(context(batch_id)) is not None
+    assert goes(limiter, context(batch_id))
     with pytest.raises(JobExpired):  # the next slot is a second away, the job expires first
         limiter.before_send(context(expires_in=0.5))
     batches.cancel(batch_id)
@@ -125,7 +166,7 @@ def test_cancelled_batch_and_send_after_expiry_are_refused(
 
 def test_a_job_handed_back_keeps_its_reserved_send_time(make: object) -> None:
     limiter = make(rate=4.0, burst=1, hold=0.1)  # type: ignore[operator]
-    assert limiter.before_send(context()) is not None  # at once
+    assert goes(limiter, context())  # at once
     late = context()
     with pytest.raises(Throttled) as caught:  # its slot is 0.25 s away: more than the hold
         limiter.before_send(late)
@@ -133,4 +174,4 @@ def test_a_job_handed_back_keeps_its_reserved_send_time(make: object) -> None:
         limiter.before_send(context())
     time.sleep(caught.value.wait)
     # Back from the broker, the job goes in its reserved slot, ahead of the later job.
-    assert limiter.before_send(late) is not None
+    assert goes(limiter, late)

@@ -32,14 +32,30 @@ class SendContext:
     job_id: str | None
     batch_id: str | None
     expires_at: float
+    #: The hook may claim the attempt's timestamp in its own Redis round trip: the clock's key
+    #: for the target and the time to claim from (``TimestampClock.key`` and ``.now``).
+    timestamp_key: str | None = None
+    timestamp_now: int = 0
 
 
 #: Called after every HTTP attempt with the ApiError it ended with (None: success, or no reply
 #: was classified): the rate limiter frees its in-flight slot and notes code 1000 here.
 AfterSend = Callable[[ApiError | None], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Permit:
+    """A hook's go for one attempt."""
+
+    after: AfterSend | None = None
+    #: A timestamp the hook claimed for the attempt (recorded, as ``TimestampClock.claim``
+    #: would); None: the client claims one itself.
+    timestamp: int | None = None
+
+
 #: Called before every HTTP attempt (the cluster-wide rate limiter and the batch cancel check
 #: hook in here). It may sleep, or raise JobCancelled, Throttled or JobExpired to send nothing.
-BeforeSend = Callable[[SendContext], AfterSend | None]
+BeforeSend = Callable[[SendContext], Permit]
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,19 +110,30 @@ class ScaleEngineClient:
         when ``expires_at`` (unix time) passes before a request could be sent.
         """
         resigned = False
-        context = SendContext(job_id=job_id, batch_id=batch_id, expires_at=expires_at)
+        timestamp_key = self._clock.key(job.target.key)
 
         def send() -> http.ApiSuccess:
-            after = self._before_send(context) if self._before_send is not None else None
+            permit = Permit()
+            if self._before_send is not None:
+                context = SendContext(
+                    job_id=job_id,
+                    batch_id=batch_id,
+                    expires_at=expires_at,
+                    timestamp_key=timestamp_key,
+                    timestamp_now=self._clock.now(),
+                )
+                permit = self._before_send(context)
             failure: ApiError | None = None
             try:
-                return self._send_once(job, origin_url, expires_at, on_attempt, label, job_id)
+                return self._send_once(
+                    job, origin_url, expires_at, on_attempt, label, job_id, permit.timestamp
+                )
             except ApiError as exc:
                 failure = exc
                 raise
             finally:
-                if after is not None:
-                    after(failure)
+                if permit.after is not None:
+                    permit.after(failure)
 
         def attempt() -> http.ApiSuccess:
             nonlocal resigned
@@ -134,8 +161,12 @@ class ScaleEngineClient:
         on_attempt: Callable[[Attempt], None],
         label: str,
         job_id: str | None = None,
+        claimed: int | None = None,
     ) -> http.ApiSuccess:
-        timestamp = self._clock.claim(job.target.key)
+        if claimed is None:
+            timestamp = self._clock.claim(job.target.key)
+        else:
+            timestamp = self._clock.settle(claimed)
         # Checked after the claim, which may have waited: nothing is sent once the job expired.
         if time.time() >= expires_at:
             raise JobExpired("the job expired before it could be sent")

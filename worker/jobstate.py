@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -172,7 +172,7 @@ class JobState:
         """Keep an attempt so the final result lists every request, across deliveries."""
         key = _key(job_id, "attempts")
         pipe = self.redis.pipeline(transaction=False)
-        pipe.rpush(key, json.dumps(asdict(attempt)))
+        pipe.rpush(key, json.dumps(attempt.to_dict()))
         pipe.expire(key, self._ttl)
         pipe.execute()
 

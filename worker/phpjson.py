@@ -35,6 +35,13 @@ _BACKSLASH_OR_DEL = re.compile(r"\\\\|\\u007f")
 
 
 def _check(value: object, path: str) -> None:
+    # Exact str and int first: the request's own fields, checked twice per request.
+    if type(value) is str:
+        if _LONE_SURROGATE.search(value):
+            raise ValueError(f"{path}: text is not valid UTF-8 (lone surrogate)")
+        return
+    if type(value) is int and -(2**63) <= value < 2**63:
+        return
     if isinstance(value, bool) or not isinstance(value, str | int | Mapping):
         raise TypeError(
             f"{path}: only str, int and mappings are encoded, not {type(value).__name__}"

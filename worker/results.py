@@ -43,6 +43,14 @@ class Attempt:
     error: str | None
     duration: float
 
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "timestamp": self.timestamp,
+            "http_status": self.http_status,
+            "error": self.error,
+            "duration": self.duration,
+        }
+
 
 @dataclass(frozen=True, slots=True)
 class JobResult:
@@ -63,9 +71,13 @@ class JobResult:
     type: str = "job"
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
+        # Field by field rather than dataclasses.asdict, whose deep copy of every value was
+        # a tenth of a job's CPU in the worker; the target is the one nested mapping.
+        data: dict[str, Any] = {key: getattr(self, key) for key in RESULT_FIELDS}
         data["outcome"] = str(self.outcome)
-        return {key: data[key] for key in RESULT_FIELDS}
+        data["target"] = dict(self.target)
+        data["attempts"] = [attempt.to_dict() for attempt in self.attempts]
+        return data
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), ensure_ascii=False, separators=(",", ":"))

@@ -21,14 +21,18 @@ import redis
 #: body with an older timestamp would be refused as stale anyway.
 CLAIM_TTL_SECONDS = 3600
 
-_CLAIM = """
-local last = tonumber(redis.call('GET', KEYS[1]) or '0')
-local now = tonumber(ARGV[1])
-local claimed = now
-if claimed <= last then claimed = last + 1 end
-redis.call('SET', KEYS[1], claimed, 'EX', tonumber(ARGV[2]))
-return claimed
+#: The claim as a Lua function, so that another script (the rate limiter's, which runs before
+#: every attempt anyway) can claim in the same round trip: one definition of the rule.
+CLAIM_FUNCTION = """
+local function claim_timestamp(key, now, ttl)
+  local last = tonumber(redis.call('GET', key) or '0')
+  local claimed = now
+  if claimed <= last then claimed = last + 1 end
+  redis.call('SET', key, claimed, 'EX', ttl)
+  return claimed
+end
 """
+_CLAIM = CLAIM_FUNCTION + "return claim_timestamp(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]))"
 
 
 def account_scope(cdn: int, api_key: str) -> str:
@@ -53,12 +57,23 @@ class TimestampClock:
         self._now = now
         self._sleep = sleep
 
+    def key(self, target_key: str) -> str:
+        """The Redis key holding ``target_key``'s last timestamp."""
+        return f"{self._scope}:{target_key}"
+
+    def now(self) -> int:
+        """The time a claim made now starts from (whole seconds, the API's resolution)."""
+        return int(self._now())
+
     def claim(self, target_key: str) -> int:
         """Reserve the next timestamp for ``target_key`` and wait until it is not in the future."""
-        now = int(self._now())
         claimed = int(
-            self._script(keys=[f"{self._scope}:{target_key}"], args=[now, CLAIM_TTL_SECONDS])
+            self._script(keys=[self.key(target_key)], args=[self.now(), CLAIM_TTL_SECONDS])
         )
+        return self.settle(claimed)
+
+    def settle(self, claimed: int) -> int:
+        """Wait until a claimed timestamp is not in the future; return it."""
         wait = claimed - self._now()
         if wait > 0:
             self._sleep(wait)
