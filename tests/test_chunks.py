@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import json
-import math
 import re
 import time
 import uuid
@@ -26,7 +25,7 @@ from tests.conftest import WorkerProcess, wait_for_result
 from tests.faults.harness import cluster, unique_target
 from worker.app import CLOSE_MANY_TASK
 from worker.batch import BatchSender, log_position, wait_for_batch
-from worker.chunks import JOBS_FIELD, MAX_JOB_ID, MIN_MESSAGES, chunk_kwargs, chunk_size
+from worker.chunks import JOBS_FIELD, MAX_JOB_ID, SPREAD, chunk_kwargs, chunk_sizes
 from worker.producer import job_kwargs
 from worker.runtime import chunk_budget
 from worker.targets import CloseJob
@@ -293,11 +292,27 @@ def test_jobs_left_over_by_a_spent_budget_still_end_once(tmp_path: Path, sandbox
         assert f"'leftover': {left}}}" in log, left
 
 
+def test_message_sizes_ramp_up_stay_bounded_and_end_in_single_jobs() -> None:
+    for total in (1, SPREAD - 1, SPREAD, 2_000, 10_000, 100_000):
+        for largest in (1, 3, 10, 50):
+            sizes = chunk_sizes(total, largest)
+            assert sum(sizes) == total and min(sizes) >= 1 and max(sizes) <= largest
+            assert sizes[-1] == 1
+            peak = sizes.index(max(sizes))
+            assert sizes[:peak] == sorted(sizes[:peak])  # the ramp only grows
+            assert sizes[peak:] == sorted(sizes[peak:], reverse=True)  # the tail only shrinks
+    assert chunk_sizes(SPREAD - 1, 10) == [1] * (SPREAD - 1)  # a small batch: one job a message
+    sizes = chunk_sizes(10_000, 10)
+    assert sizes[0] == 6 and max(sizes) == 10  # from about half the size, up to the largest
+    assert sizes[-SPREAD:] == [1] * SPREAD  # the last messages are single jobs
+
+
 def test_batch_start_makes_messages_of_the_configured_size(tmp_path: Path, sandbox: Any) -> None:
-    size, total = 2, 3 * MIN_MESSAGES + 3  # the default size (10) would give 3 jobs a message
+    size, total = 2, 3 * SPREAD + 3  # the default size (10) would give up to 3 jobs a message
     tuning = {**HAND_BACK_TUNING, "STREAMCTL_BATCH_CHUNK": str(size)}
     with cluster(tmp_path, tuning=tuning) as fleet:
-        assert chunk_size(total, fleet.settings.batch_chunk) == size
+        sizes = chunk_sizes(total, fleet.settings.batch_chunk)
+        assert max(sizes) == size
         jobs = [CloseJob.parse(unique_target("sized")) for _ in range(total)]
         sender = BatchSender(fleet.settings, fleet.app)
         started = sender.start(jobs)
@@ -306,9 +321,8 @@ def test_batch_start_makes_messages_of_the_configured_size(tmp_path: Path, sandb
         fleet.start_worker("sized", concurrency=8)
         summary = wait_for_batch(started, timeout=60, sender=sender)
 
-    assert len(queued) == math.ceil(total / size)
     assert {task for task, _kwargs in queued} == {CLOSE_MANY_TASK}
-    assert [len(kwargs[JOBS_FIELD]) for _task, kwargs in queued] == [size] * (total // size) + [1]
+    assert [len(kwargs[JOBS_FIELD]) for _task, kwargs in queued] == sizes
     carried = [job_id for _task, kwargs in queued for job_id in kwargs[JOBS_FIELD]]
     assert carried == started.job_ids
     assert summary is not None

@@ -37,7 +37,7 @@ def _drop_message(fleet: Any, job_id: str) -> None:
     """Take a job's message off the queue, as a worker killed right after BRPOP does."""
     for raw in fleet.redis.lrange("streamctl", 0, -1):
         if job_id in _message_jobs(raw):
-            # A small batch goes one job per message (worker.chunks.chunk_size).
+            # A small batch goes one job per message (worker.chunks.chunk_sizes).
             assert _message_jobs(raw) == [job_id]
             assert fleet.redis.lrem("streamctl", 1, raw) == 1
             return

@@ -32,7 +32,7 @@ from config.settings import Settings, get_settings
 from worker.app import CLOSE_MANY_TASK
 from worker.app import app as default_app
 from worker.batchstate import BatchState, check_batch_id
-from worker.chunks import chunk_kwargs, chunk_repr, chunk_size, split
+from worker.chunks import chunk_kwargs, chunk_repr, chunk_sizes, split
 from worker.errors import InvalidTarget, StreamctlError
 from worker.jobstate import JobState
 from worker.producer import PUBLISH_RETRY_POLICY, EnqueueError, job_kwargs
@@ -43,6 +43,8 @@ from worker.watch import follow
 
 #: Batch messages per pipelined round trip to a Redis broker.
 PUBLISH_CHUNK = 1000
+#: Messages in the first round trip: enough for the workers to start on.
+FIRST_PUBLISH = 50
 #: Batches send no "task-sent" events (see BatchSender._publish).
 SENT_EVENTS = False
 #: Bad lines quoted in an error message; the rest are counted.
@@ -277,11 +279,17 @@ class BatchSender:
         amqp = self.app.amqp
         queue = amqp.queues[self.app.conf.task_default_queue]
         jobs = [(job_id, kwargs) for job_id, _job, kwargs in messages]
-        size = chunk_size(len(jobs), self.settings.batch_chunk)
+        chunks = split(jobs, chunk_sizes(len(jobs), self.settings.batch_chunk))
+        # The first round trip is short, so that workers start while the rest is published.
+        groups = split(
+            chunks, [FIRST_PUBLISH, *[PUBLISH_CHUNK] * (len(chunks) // PUBLISH_CHUNK + 1)]
+        )
         with self.app.producer_or_acquire() as producer:
             # Declared once here, not once per message as a plain send_task would.
             producer.maybe_declare(queue, retry=True, **PUBLISH_RETRY_POLICY)
-            for group in split(split(jobs, size), PUBLISH_CHUNK):
+            for group in groups:
+                if not group:
+                    break
                 with producer.batch(max_size=PUBLISH_CHUNK * 2):
                     for chunk in group:
                         first_job_id = chunk[0][0]
