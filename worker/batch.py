@@ -14,6 +14,7 @@ one channel, which never wait for a reply.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -35,7 +36,7 @@ from worker.batchstate import BatchState, check_batch_id
 from worker.chunks import chunk_kwargs, chunk_repr, chunk_sizes, split
 from worker.errors import InvalidTarget, StreamctlError
 from worker.jobstate import JobState
-from worker.producer import PUBLISH_RETRY_POLICY, EnqueueError, job_kwargs
+from worker.producer import PUBLISH_RETRY_POLICY, EnqueueError, check_expires, close_kwargs
 from worker.results import Outcome
 from worker.runtime import job_state, redis_client
 from worker.targets import JOB_FIELDS, CloseJob
@@ -237,20 +238,19 @@ class BatchSender:
             raise StreamctlError("rate must be positive")
         if not jobs:
             raise StreamctlError("no targets to close")
+        check_expires(expires)
         started = time.monotonic()
         now = time.time()
-        messages = []
-        for index, job in enumerate(jobs):
-            job_id = f"{batch_id}-{index:05d}"
-            _job, kwargs = job_kwargs(
-                dict(job.target.as_fields()),
-                origin_url=job.origin_url,
-                expires=expires,
-                batch_id=batch_id,
-                settings=self.settings,
-                now=now,
+        expires_at = now + (expires or self.settings.job_expiry)
+        # The jobs were validated when they were parsed (CloseJob.parse).
+        messages = [
+            (
+                f"{batch_id}-{index:05d}",
+                job,
+                close_kwargs(job, enqueued_at=now, expires_at=expires_at, batch_id=batch_id),
             )
-            messages.append((job_id, job, kwargs))
+            for index, job in enumerate(jobs)
+        ]
         job_ids = [job_id for job_id, _job, _kwargs in messages]
         expiry = expires or self.settings.job_expiry
         if dry_run:
@@ -260,8 +260,6 @@ class BatchSender:
             self.batches.create(
                 batch_id, {job_id: target_record(job) for job_id, job, _ in messages}, rate=rate
             )
-            # Before publishing: a job whose message the broker loses still ends (worker.janitor).
-            self.jobs.record_pending((job_id, kwargs) for job_id, _job, kwargs in messages)
         except redis.RedisError as exc:
             raise EnqueueError(f"Redis at REDIS_URL is unreachable: {type(exc).__name__}") from None
         try:
@@ -276,45 +274,58 @@ class BatchSender:
         return StartedBatch(batch_id, job_ids, since, expiry, time.monotonic() - started)
 
     def _publish(self, messages: Sequence[tuple[str, CloseJob, dict[str, Any]]]) -> None:
-        amqp = self.app.amqp
-        queue = amqp.queues[self.app.conf.task_default_queue]
         jobs = [(job_id, kwargs) for job_id, _job, kwargs in messages]
         chunks = split(jobs, chunk_sizes(len(jobs), self.settings.batch_chunk))
         # The first round trip is short, so that workers start while the rest is published.
         groups = split(
             chunks, [FIRST_PUBLISH, *[PUBLISH_CHUNK] * (len(chunks) // PUBLISH_CHUNK + 1)]
         )
-        with self.app.producer_or_acquire() as producer:
-            # Declared once here, not once per message as a plain send_task would.
-            producer.maybe_declare(queue, retry=True, **PUBLISH_RETRY_POLICY)
-            for group in groups:
-                if not group:
-                    break
-                with producer.batch(max_size=PUBLISH_CHUNK * 2):
-                    for chunk in group:
-                        first_job_id = chunk[0][0]
-                        message = amqp.create_task_message(
-                            f"{first_job_id}+{len(chunk)}",
-                            CLOSE_MANY_TASK,
-                            (),
-                            chunk_kwargs(chunk),
-                            argsrepr="()",
-                            kwargsrepr=chunk_repr(chunk),
-                            # Results go to our own channel; Celery's backend need not keep them.
-                            ignore_result=True,
-                            # A "task-sent" event per message would double the publishing work;
-                            # Flower still sees each message received, started and finished.
-                            create_sent_event=SENT_EVENTS,
-                        )
-                        amqp.send_task_message(
-                            producer,
-                            CLOSE_MANY_TASK,
-                            message,
-                            queue=queue,
-                            declare=[],
-                            retry=True,
-                            retry_policy=PUBLISH_RETRY_POLICY,
-                        )
+        published = 0
+        try:
+            with self.app.producer_or_acquire() as producer:
+                for group in groups:
+                    group_jobs = [job for chunk in group for job in chunk]
+                    # Before publishing: a job whose message the broker loses still ends
+                    # (worker.janitor); group by group, so the first messages go out at once.
+                    self.jobs.record_pending(group_jobs)
+                    self._publish_group(producer, group)
+                    published += len(group_jobs)
+        except Exception:
+            # The unpublished jobs are recorded too, so that the janitor ends them (expired).
+            with contextlib.suppress(redis.RedisError):
+                self.jobs.record_pending(jobs[published:])
+            raise
+
+    def _publish_group(self, producer: Any, group: Sequence[Sequence[Any]]) -> None:
+        """Publish a group of batch messages in one pipelined round trip."""
+        amqp = self.app.amqp
+        queue = amqp.queues[self.app.conf.task_default_queue]
+        # Declared once per group (kombu remembers it), not per message as send_task would.
+        producer.maybe_declare(queue, retry=True, **PUBLISH_RETRY_POLICY)
+        with producer.batch(max_size=PUBLISH_CHUNK * 2):
+            for chunk in group:
+                message = amqp.create_task_message(
+                    f"{chunk[0][0]}+{len(chunk)}",  # the first job's id and the job count
+                    CLOSE_MANY_TASK,
+                    (),
+                    chunk_kwargs(chunk),
+                    argsrepr="()",
+                    kwargsrepr=chunk_repr(chunk),
+                    # Results go to our own channel; Celery's backend need not keep them.
+                    ignore_result=True,
+                    # A "task-sent" event per message would double the publishing work;
+                    # Flower still sees each message received, started and finished.
+                    create_sent_event=SENT_EVENTS,
+                )
+                amqp.send_task_message(
+                    producer,
+                    CLOSE_MANY_TASK,
+                    message,
+                    queue=queue,
+                    declare=[],
+                    retry=True,
+                    retry_policy=PUBLISH_RETRY_POLICY,
+                )
 
     def failed_jobs(self, batch_id: str) -> list[CloseJob]:
         """The jobs of an ended batch that did not succeed, to send again as a new batch."""

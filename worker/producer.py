@@ -51,7 +51,22 @@ def job_kwargs(
     job = CloseJob.parse({**fields, **({"origin_url": origin_url} if origin_url else {})})
     if origin_url is not None:
         check_origin_url(origin_url)
-    # Not finite or not a number: the worker would reject the job, so refuse it here.
+    check_expires(expires)
+    enqueued_at = time.time() if now is None else now
+    kwargs = close_kwargs(
+        job,
+        enqueued_at=enqueued_at,
+        expires_at=enqueued_at + (expires or settings.job_expiry),
+        batch_id=batch_id,
+    )
+    return job, kwargs
+
+
+def check_expires(expires: object) -> None:
+    """Refuse an expiry that is not a positive, finite number of seconds (None: the default).
+
+    The worker would reject such a job, so it is refused before anything is enqueued.
+    """
     if expires is not None and not (
         isinstance(expires, int | float)
         and not isinstance(expires, bool)
@@ -59,15 +74,20 @@ def job_kwargs(
         and expires > 0
     ):
         raise InvalidTarget("expires must be a positive number of seconds")
-    enqueued_at = time.time() if now is None else now
+
+
+def close_kwargs(
+    job: CloseJob, *, enqueued_at: float, expires_at: float, batch_id: str | None
+) -> dict[str, Any]:
+    """A validated job's task keyword arguments: its target fields and the producer's meta."""
     kwargs: dict[str, Any] = dict(job.target.as_fields())
     if job.origin_url is not None:
         kwargs["origin_url"] = job.origin_url
     kwargs["enqueued_at"] = round(enqueued_at, 3)
-    kwargs["expires_at"] = round(enqueued_at + (expires or settings.job_expiry), 3)
+    kwargs["expires_at"] = round(expires_at, 3)
     if batch_id is not None:
         kwargs["batch_id"] = batch_id
-    return job, kwargs
+    return kwargs
 
 
 class Producer:
