@@ -256,14 +256,15 @@ class BatchSender:
         if dry_run:
             return StartedBatch(batch_id, job_ids, "0-0", expiry, 0.0, dry_run=True)
         since = log_position(self.redis, self.settings.results_log)
+        records = {job_id: target_record(job) for job_id, job, _ in messages}
         try:
-            self.batches.create(
-                batch_id, {job_id: target_record(job) for job_id, job, _ in messages}, rate=rate
-            )
+            self.batches.create(batch_id, records, rate=rate, records=False)
         except redis.RedisError as exc:
             raise EnqueueError(f"Redis at REDIS_URL is unreachable: {type(exc).__name__}") from None
         try:
-            self._publish(messages)
+            # The targets are kept once the first messages are out: they are read only after
+            # the batch has ended (--retry-failed).
+            self._publish(messages, then=lambda: self.batches.record_jobs(batch_id, records))
         except Exception as exc:
             # Part of the batch may be queued: cancel it so none of it is sent, and say so.
             self.batches.cancel(batch_id)
@@ -273,7 +274,13 @@ class BatchSender:
             ) from None
         return StartedBatch(batch_id, job_ids, since, expiry, time.monotonic() - started)
 
-    def _publish(self, messages: Sequence[tuple[str, CloseJob, dict[str, Any]]]) -> None:
+    def _publish(
+        self,
+        messages: Sequence[tuple[str, CloseJob, dict[str, Any]]],
+        *,
+        then: Callable[[], None],
+    ) -> None:
+        """Publish the batch's messages; call ``then`` after the first round trip."""
         jobs = [(job_id, kwargs) for job_id, _job, kwargs in messages]
         chunks = split(jobs, chunk_sizes(len(jobs), self.settings.batch_chunk))
         # The first round trip is short, so that workers start while the rest is published.
@@ -289,6 +296,8 @@ class BatchSender:
                     # (worker.janitor); group by group, so the first messages go out at once.
                     self.jobs.record_pending(group_jobs)
                     self._publish_group(producer, group)
+                    if not published:
+                        then()
                     published += len(group_jobs)
         except Exception:
             # The unpublished jobs are recorded too, so that the janitor ends them (expired).

@@ -137,8 +137,13 @@ class BatchState:
         jobs: Mapping[str, Mapping[str, Any]],
         *,
         rate: float | None = None,
+        records: bool = True,
     ) -> str:
-        """Record a batch before any of its jobs is enqueued (so every result is counted)."""
+        """Record a batch before any of its jobs is enqueued (so every result is counted).
+
+        With ``records=False`` the jobs' targets (``record_jobs``) are left for the caller to
+        write later: they matter only once the batch has ended (``--retry-failed``).
+        """
         check_batch_id(batch_id)
         key = batch_key(batch_id)
         fields: dict[str, str | int | float] = {
@@ -153,6 +158,14 @@ class BatchState:
         pipe = self.redis.pipeline(transaction=False)
         pipe.hset(key, mapping=fields)  # type: ignore[arg-type]
         pipe.expire(key, self._ttl)
+        pipe.execute()
+        if records:
+            self.record_jobs(batch_id, jobs)
+        return batch_id
+
+    def record_jobs(self, batch_id: str, jobs: Mapping[str, Mapping[str, Any]]) -> None:
+        """Keep each job's target, to send the failed ones again (``BatchSender.failed_jobs``)."""
+        pipe = self.redis.pipeline(transaction=False)
         items = list(jobs.items())
         for start in range(0, len(items), _WRITE_CHUNK):
             chunk = {
@@ -161,7 +174,6 @@ class BatchState:
             pipe.hset(jobs_key(batch_id), mapping=chunk)  # type: ignore[arg-type]
         pipe.expire(jobs_key(batch_id), self._ttl)
         pipe.execute()
-        return batch_id
 
     def shrink(self, batch_id: str, total: int) -> None:
         """Lower ``total`` after an enqueue that stopped part way (the rest was never sent)."""
