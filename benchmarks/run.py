@@ -16,6 +16,7 @@ from enqueue to result, the enqueue rate and the workers' peak memory.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -100,8 +101,60 @@ def peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def process_tree(root: int) -> list[int]:
+    """``root`` and its descendants (the forked worker processes)."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    tree, frontier = [root], [root]
+    while frontier:
+        frontier = [pid for pid, parent in parents.items() if parent in frontier]
+        tree.extend(frontier)
+    return tree
+
+
+def pss_mb(pid: int) -> float:
+    """Proportional set size: shared pages count once across the processes sharing them."""
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+class MemorySampler(threading.Thread):
+    """Samples the workers' memory while the batch runs; keeps the peaks."""
+
+    def __init__(self, roots: list[int]) -> None:
+        super().__init__(daemon=True)
+        self.roots = roots
+        self.peak_pss = 0.0
+        self.peak_rss: dict[int, float] = {}
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.wait(0.25):
+            pids = [pid for root in self.roots for pid in process_tree(root)]
+            self.peak_pss = max(self.peak_pss, sum(pss_mb(pid) for pid in pids))
+            for pid in pids:
+                with contextlib.suppress(OSError, ValueError):
+                    self.peak_rss[pid] = peak_rss_mb(pid)
+
+
 def through_streamctl(
-    url: str, jobs: list[CloseJob], in_flight: int, workers: int, redis_url: str
+    url: str,
+    jobs: list[CloseJob],
+    in_flight: int,
+    workers: int,
+    redis_url: str,
+    separate: bool = False,
 ) -> dict[str, Any]:
     """(b): one batch through the queue; returns its figures."""
     env = {
@@ -117,24 +170,18 @@ def through_streamctl(
     env.pop("STREAMCTL_RATE_LIMIT", None)
     os.environ.update({k: env[k] for k in ("REDIS_URL", "SCALEENGINE_API_URL")})
     per_worker = max(1, in_flight // workers)
+    # One ``streamctl worker --processes N`` (forked, sharing their imports), or N commands.
+    commands = (
+        [["--processes", "1", "-n", f"bench{index}@%h"] for index in range(workers)]
+        if separate
+        else [["--processes", str(workers), "-n", "bench@%h"]]
+    )
     procs = []
-    logs = []
-    for index in range(workers):
+    for index, options in enumerate(commands):
         log = Path(f"/tmp/streamctl-bench-worker-{index}.log")
-        log.write_bytes(b"")
-        logs.append(log)
         procs.append(
             subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "worker.cli",
-                    "worker",
-                    "-c",
-                    str(per_worker),
-                    "-n",
-                    f"bench{index}@%h",
-                ],
+                [sys.executable, "-m", "worker.cli", "worker", "-c", str(per_worker), *options],
                 env=env,
                 stdout=log.open("wb"),
                 stderr=subprocess.STDOUT,
@@ -149,6 +196,8 @@ def through_streamctl(
             if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
                 raise RuntimeError("workers did not start; see /tmp/streamctl-bench-worker-*.log")
 
+        sampler = MemorySampler([p.pid for p in procs])
+        sampler.start()
         sender = BatchSender()
         t0 = time.perf_counter()
         started = sender.start(jobs)
@@ -164,6 +213,8 @@ def through_streamctl(
 
         summary = wait_for_batch(started, timeout=600, on_result=on_result, sender=sender)
         total = time.perf_counter() - t0
+        sampler.done.set()
+        sampler.join()
         assert summary is not None, "the batch did not finish"
         latencies.sort()
         return {
@@ -173,8 +224,8 @@ def through_streamctl(
             "p50": statistics.median(latencies),
             "p99": latencies[int(len(latencies) * 0.99) - 1],
             "outcomes": {k: v for k, v in summary["counts"].items() if v},
-            "peak_rss_mb": max(peak_rss_mb(p.pid) for p in procs),
-            "total_rss_mb": sum(peak_rss_mb(p.pid) for p in procs),
+            "peak_rss_mb": max(sampler.peak_rss.values()),
+            "peak_pss_mb": sampler.peak_pss,
         }
     finally:
         for proc in procs:
@@ -191,7 +242,12 @@ def main() -> None:
     parser.add_argument("--delays", type=float, nargs="+", default=[0.0, 0.3])
     parser.add_argument("--in-flight", type=int, default=200)
     parser.add_argument(
-        "--workers", type=int, default=1, help="worker processes sharing --in-flight"
+        "--workers", type=int, default=4, help="worker processes sharing --in-flight"
+    )
+    parser.add_argument(
+        "--separate",
+        action="store_true",
+        help="start each worker process as its own command instead of one --processes N",
     )
     args = parser.parse_args()
 
@@ -208,6 +264,7 @@ def main() -> None:
                     args.in_flight,
                     args.workers,
                     redis_server.url,
+                    separate=args.separate,
                 )
                 stats = standin_stats(url)
             finally:
@@ -223,8 +280,8 @@ def main() -> None:
                 f"  enqueue                {args.jobs} jobs in {m['enqueue_seconds']:.2f} s "
                 f"({m['enqueue_rate']:.0f}/s)\n"
                 f"  enqueue -> result      p50 {m['p50']:.2f} s   p99 {m['p99']:.2f} s\n"
-                f"  worker peak memory     {m['peak_rss_mb']:.0f} MB (VmHWM, largest worker; "
-                f"{m['total_rss_mb']:.0f} MB all {args.workers})\n"
+                f"  worker memory          {m['peak_pss_mb']:.0f} MB at peak, all {args.workers} "
+                f"processes (PSS); largest process {m['peak_rss_mb']:.0f} MB (VmHWM)\n"
                 f"  outcomes               {m['outcomes']}\n"
                 f"  stand-in               {stats['requests']} requests, "
                 f"{stats['replays']} replayed"

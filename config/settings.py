@@ -144,10 +144,15 @@ class Settings(BaseSettings):
     batch_chunk: PositiveInt = 10
     #: Threads per worker. Closes are I/O bound (~0.4 s each), so threads, not processes.
     worker_concurrency: PositiveInt = 32
+    #: Worker processes ``streamctl worker`` forks, each with STREAMCTL_WORKER_CONCURRENCY
+    #: threads (worker.processes). 1 here; about two per core for big batches (README,
+    #: Performance), as one process's threads queue for its one GIL.
+    worker_processes: PositiveInt = 1
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"
     #: Port of the worker's Prometheus exporter. Unset: no exporter, as a fixed default port
-    #: would collide when several workers share a host.
+    #: would collide when several workers share a host. With STREAMCTL_WORKER_PROCESSES, the
+    #: processes take this port and the ones after it.
     metrics_port: int | None = Field(None, gt=0, lt=65536)
     #: Seconds between a worker's sweeps for jobs the broker lost (worker.janitor). 10 s ends
     #: such a job soon after its grace; one sweep per interval runs in the whole cluster.

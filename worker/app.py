@@ -48,7 +48,7 @@ signals.worker_init.connect(_start_janitor, weak=False)
 #: allocates a few thousand short-lived objects; at the default, collections ran several times
 #: per job, and older-generation ones stalled every thread of the worker for tens of ms, which
 #: showed as a dip in throughput (benchmarks/run.py).
-GC_YOUNG_THRESHOLD = 50_000
+GC_YOUNG_THRESHOLD = 10_000
 
 
 def _tune_gc(**_: object) -> None:

@@ -1,0 +1,131 @@
+"""Several worker processes from one command (``streamctl worker --processes N``).
+
+A worker process is bound by its one GIL: past about 50 threads, its threads wait for each
+other more than for the API (benchmarks/run.py). One process per half core does better. The
+processes are forked from one parent after the imports, with those imports frozen out of the
+garbage collector (``gc.freeze``), so that the pages holding them stay shared between the
+processes instead of being copied into each one: the group takes far less memory than as
+many separate workers.
+
+The parent only supervises. It forwards SIGTERM and SIGQUIT to every child, and turns SIGINT
+into SIGTERM (a warm shutdown): a Ctrl-C at a terminal reaches the children too, and a second
+SIGINT would make Celery abort their running jobs. A child that exits while the group is not
+shutting down is replaced, after a pause that keeps a crash loop from spinning. Each child asks
+the kernel for SIGTERM when the parent dies, so a killed parent leaves no orphan workers
+behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import gc
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable, Sequence
+from types import FrameType
+
+log = logging.getLogger("streamctl.processes")
+
+#: Seconds before a child that exited unexpectedly is replaced.
+RESTART_DELAY = 1.0
+#: linux/prctl.h: deliver a signal to this process when its parent exits.
+_PR_SET_PDEATHSIG = 1
+
+
+def child_argv(argv: Sequence[str], index: int) -> list[str]:
+    """Celery worker arguments for child ``index`` (from 1): a node name of its own.
+
+    ``-n name@host`` becomes ``name-<index>@host``; without one, ``worker<index>@%h``.
+    """
+    args = list(argv)
+    for position, arg in enumerate(args):
+        if arg in ("-n", "--hostname") and position + 1 < len(args):
+            args[position + 1] = _numbered(args[position + 1], index)
+            return args
+        if arg.startswith("--hostname="):
+            args[position] = "--hostname=" + _numbered(arg.split("=", 1)[1], index)
+            return args
+    return [*args, "--hostname", f"worker{index}@%h"]
+
+
+def _numbered(nodename: str, index: int) -> str:
+    name, at, host = nodename.partition("@")
+    return f"{name}-{index}{at}{host}"
+
+
+def supervise(processes: int, run_child: Callable[[int], int]) -> int:
+    """Fork ``processes`` children running ``run_child(index)``; return when all have ended.
+
+    Returns 0 after a requested shutdown, else the exit code of the last child to fail.
+    """
+    children: dict[int, int] = {}
+    stopping = False
+    parent = os.getpid()
+
+    def spawn(index: int) -> None:
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                signal.signal(signal.SIGINT, signal.default_int_handler)
+                signal.signal(signal.SIGQUIT, signal.SIG_DFL)
+                _die_with_parent(parent)
+                code = run_child(index)
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else 1
+            except BaseException:
+                log.exception("worker process %d failed", index)
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+        children[pid] = index
+
+    def forward(signum: int, _frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+        for pid in list(children):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+
+    def interrupt(_signum: int, frame: FrameType | None) -> None:
+        forward(signal.SIGTERM, frame)
+
+    # Shared pages stay shared only if the collector never writes to the objects in them.
+    gc.collect()
+    gc.freeze()
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGQUIT, forward)
+    signal.signal(signal.SIGINT, interrupt)
+    for index in range(1, processes + 1):
+        spawn(index)
+    exit_code = 0
+    while children:
+        try:
+            pid, status = os.wait()
+        except ChildProcessError:
+            break
+        index = children.pop(pid)
+        code = os.waitstatus_to_exitcode(status)
+        if stopping:
+            continue
+        exit_code = code or exit_code
+        log.error("worker process %d (pid %d) exited with %d; starting another", index, pid, code)
+        time.sleep(RESTART_DELAY)
+        if not stopping:
+            spawn(index)
+    return 0 if stopping else exit_code
+
+
+def _die_with_parent(parent: int) -> None:
+    """Ask Linux for SIGTERM when the parent exits (a no-op where prctl does not exist)."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
