@@ -228,6 +228,11 @@ class Settings(BaseSettings):
                 "STREAMCTL_RETRY_DEADLINE plus STREAMCTL_READ_TIMEOUT must stay under "
                 "STREAMCTL_VISIBILITY_TIMEOUT, or a running job is redelivered"
             )
+        if self.metrics_port is not None and self.metrics_port + self.worker_processes > 65536:
+            raise ValueError(
+                "STREAMCTL_METRICS_PORT: the worker processes take this port and the "
+                f"{self.worker_processes - 1} after it, which must stay under 65536"
+            )
         if self.visibility_timeout >= self.job_expiry:
             raise ValueError(
                 f"STREAMCTL_VISIBILITY_TIMEOUT ({self.visibility_timeout:g} s) must be shorter "

@@ -56,6 +56,7 @@ def test_defaults(clean_env: pytest.MonkeyPatch) -> None:
             "STREAMCTL_VISIBILITY_TIMEOUT (1000 s) must be shorter",
         ),
         ("STREAMCTL_CELERY_RETRY_COUNTDOWN", "200", "STREAMCTL_CELERY_RETRY_COUNTDOWN"),
+        ("STREAMCTL_WORKER_PROCESSES", "0", "STREAMCTL_WORKER_PROCESSES"),
     ],
 )
 def test_bad_value_names_the_variable(
@@ -65,6 +66,16 @@ def test_bad_value_names_the_variable(
     with pytest.raises(ConfigError) as caught:
         load_settings()
     assert complaint in str(caught.value)
+
+
+def test_worker_processes_metrics_ports_must_fit(clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setenv("STREAMCTL_WORKER_PROCESSES", "4")
+    clean_env.setenv("STREAMCTL_METRICS_PORT", "65533")
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    assert "STREAMCTL_METRICS_PORT" in str(caught.value) and "3 after it" in str(caught.value)
+    clean_env.setenv("STREAMCTL_METRICS_PORT", "65532")  # 65532..65535
+    assert load_settings().metrics_port == 65532
 
 
 def test_plain_http_is_allowed_on_loopback_only(clean_env: pytest.MonkeyPatch) -> None:
