@@ -9,7 +9,8 @@ stand-in (benchmarks/standin.py, its own process):
 Both keep the same number of calls in flight. Prints throughput of each and (b)/(a), p50/p99
 from enqueue to result, the enqueue rate and the workers' peak memory.
 
-    python -m benchmarks.run                       # 10,000 jobs, 0 and 300 ms, 200 in flight
+    python -m benchmarks.run                       # 10,000 jobs, 0 and 300 ms, 200 in flight,
+                                                   # one worker of 3 processes x 66 threads
     python -m benchmarks.run --jobs 2000 --delays 0.3
 """
 
@@ -242,7 +243,7 @@ def main() -> None:
     parser.add_argument("--delays", type=float, nargs="+", default=[0.0, 0.3])
     parser.add_argument("--in-flight", type=int, default=200)
     parser.add_argument(
-        "--workers", type=int, default=4, help="worker processes sharing --in-flight"
+        "--workers", type=int, default=3, help="worker processes sharing --in-flight"
     )
     parser.add_argument(
         "--separate",

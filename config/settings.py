@@ -145,8 +145,8 @@ class Settings(BaseSettings):
     #: Threads per worker. Closes are I/O bound (~0.4 s each), so threads, not processes.
     worker_concurrency: PositiveInt = 32
     #: Worker processes ``streamctl worker`` forks, each with STREAMCTL_WORKER_CONCURRENCY
-    #: threads (worker.processes). 1 here; about two per core for big batches (README,
-    #: Performance), as one process's threads queue for its one GIL.
+    #: threads (worker.processes). 1 here; about one and a half per core for big batches
+    #: (README, Performance), as one process's threads queue for its one GIL.
     worker_processes: PositiveInt = 1
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"

@@ -1,7 +1,7 @@
 """Several worker processes from one command (``streamctl worker --processes N``).
 
 A worker process is bound by its one GIL: past about 50 threads, its threads wait for each
-other more than for the API (benchmarks/run.py). One process per half core does better. The
+other more than for the API (benchmarks/run.py). Three processes on two cores did best. The
 processes are forked from one parent after the imports, with those imports frozen out of the
 garbage collector (``gc.freeze``), so that the pages holding them stay shared between the
 processes instead of being copied into each one: the group takes far less memory than as
