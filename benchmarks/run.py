@@ -252,7 +252,12 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    print(f"machine: {os.cpu_count()} cores; {args.jobs} jobs; {args.in_flight} calls in flight")
+    per_worker = max(1, args.in_flight // args.workers)
+    print(
+        f"machine: {os.cpu_count()} cores; {args.jobs} jobs; calls in flight: (a) "
+        f"{args.in_flight} threads, (b) {args.workers} processes x {per_worker} threads = "
+        f"{args.workers * per_worker}"
+    )
     with EmbeddedRedis() as redis_server:
         for delay in args.delays:
             standin, url = start_standin(delay)
