@@ -7,6 +7,7 @@ a raw Celery protocol-2 message pushed onto the queue's Redis list by hand.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import re
@@ -114,15 +115,34 @@ class Flower(WorkerProcess):
 
 
 @pytest.fixture(scope="module")
-def flower(tmp_path_factory: pytest.TempPathFactory, worker: Any) -> Iterator[Flower]:
+def flower(
+    tmp_path_factory: pytest.TempPathFactory, worker: Any, producer: Any
+) -> Iterator[Flower]:
     process = Flower(tmp_path_factory.mktemp("flower") / "flower.log").start()
-    yield process
-    process.stop()
+    try:
+        wait_for_event_capture(process, producer)
+        yield process
+    finally:
+        process.stop()
 
 
-def task_in_flower(flower: Flower, job_id: str, state: str = "SUCCESS") -> dict[str, Any]:
+def wait_for_event_capture(flower: Flower, producer: Any, timeout: float = 60) -> None:
+    """Flower answers HTTP before it listens to the workers' events, and events are pub/sub:
+    a job that ends before it listens is never shown. Probe jobs until one is."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        probe = producer.close(**unique_stream("flower-probe"))
+        with contextlib.suppress(AssertionError):
+            task_in_flower(flower, probe, within=5)
+            return
+    raise RuntimeError("Flower never showed a job's events:\n" + flower.log()[-3000:])
+
+
+def task_in_flower(
+    flower: Flower, job_id: str, state: str = "SUCCESS", within: float = 20
+) -> dict[str, Any]:
     """The job as Flower's task list shows it, once Flower has seen it reach ``state``."""
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + within
     while time.monotonic() < deadline:
         tasks = flower.get("/api/tasks").json()
         if job_id in tasks and tasks[job_id].get("state") == state:
