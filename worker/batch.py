@@ -1,8 +1,8 @@
 """Mass reconnects as a Python API: read a target file, validate it all, enqueue one batch.
 
-Every line is validated before anything is enqueued (``CloseJob.parse``, as for single
-closes); bad lines are reported by line number and stop the batch unless the caller skips
-them. A target named twice is closed once. The jobs of a batch are published through one
+Every line is validated before anything is enqueued (``worker.targetfile``); bad lines are
+reported by line number and stop the batch unless the caller skips them. A target named
+twice is closed once. The jobs of a batch are published through one
 kombu producer inside ``Producer.batch()``, several jobs to a message (``worker.chunks``): on
 Redis that is one pipelined round trip per thousand messages, on RabbitMQ plain publishes on
 one channel, which never wait for a reply.
@@ -15,12 +15,9 @@ one channel, which never wait for a reply.
 from __future__ import annotations
 
 import contextlib
-import csv
-import io
-import json
 import secrets
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,12 +31,13 @@ from worker.app import CLOSE_MANY_TASK
 from worker.app import app as default_app
 from worker.batchstate import BatchState, check_batch_id
 from worker.chunks import chunk_kwargs, chunk_repr, chunk_sizes, split
-from worker.errors import InvalidTarget, StreamctlError
+from worker.errors import StreamctlError
 from worker.jobstate import JobState
 from worker.producer import PUBLISH_RETRY_POLICY, EnqueueError, check_expires, close_kwargs
 from worker.results import Outcome
 from worker.runtime import job_state, redis_client
-from worker.targets import JOB_FIELDS, CloseJob
+from worker.targetfile import InvalidLines, TargetList, read_targets
+from worker.targets import CloseJob
 from worker.watch import follow
 
 #: Batch messages per pipelined round trip to a Redis broker.
@@ -48,40 +46,6 @@ PUBLISH_CHUNK = 1000
 FIRST_PUBLISH = 50
 #: Batches send no "task-sent" events (see BatchSender._publish).
 SENT_EVENTS = False
-#: Bad lines quoted in an error message; the rest are counted.
-MAX_QUOTED_ERRORS = 20
-
-
-@dataclass(frozen=True, slots=True)
-class LineError:
-    line: int
-    message: str
-
-    def __str__(self) -> str:
-        return f"line {self.line}: {self.message}"
-
-
-class InvalidLines(StreamctlError):
-    """Some lines name no valid target; nothing was enqueued."""
-
-    def __init__(self, errors: Sequence[LineError]) -> None:
-        quoted = "\n  ".join(str(error) for error in errors[:MAX_QUOTED_ERRORS])
-        more = len(errors) - MAX_QUOTED_ERRORS
-        tail = f"\n  ... and {more} more" if more > 0 else ""
-        super().__init__(
-            f"{len(errors)} invalid line(s); nothing was enqueued "
-            f"(--skip-invalid sends the valid ones):\n  {quoted}{tail}"
-        )
-        self.errors = list(errors)
-
-
-@dataclass(frozen=True, slots=True)
-class TargetList:
-    """A validated file: the jobs to send (first occurrence of each target, in file order)."""
-
-    jobs: list[CloseJob]
-    errors: list[LineError]
-    duplicates: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,104 +63,6 @@ class StartedBatch:
     @property
     def total(self) -> int:
         return len(self.job_ids)
-
-
-# --- reading and validating --------------------------------------------------------------
-
-
-def _records(text: str, fmt: str) -> Iterator[tuple[int, Mapping[str, Any] | LineError]]:
-    if fmt == "auto":
-        first = next((line.strip() for line in text.splitlines() if line.strip()), "")
-        fmt = "jsonl" if first.startswith("{") else "csv"
-    if fmt == "jsonl":
-        yield from _json_lines(text)
-    elif fmt == "csv":
-        yield from _csv_rows(text)
-    else:
-        raise StreamctlError(f"unknown format {fmt!r}: csv, jsonl or auto")
-
-
-def _json_lines(text: str) -> Iterator[tuple[int, Mapping[str, Any] | LineError]]:
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            value = json.loads(line)
-        except json.JSONDecodeError as exc:
-            yield number, LineError(number, f"not JSON ({exc.msg})")
-            continue
-        if not isinstance(value, dict):
-            yield number, LineError(number, "expected a JSON object with the target's fields")
-        else:
-            yield number, value
-
-
-def _csv_rows(text: str) -> Iterator[tuple[int, Mapping[str, Any] | LineError]]:
-    reader = csv.reader(io.StringIO(text))
-    header: list[str] | None = None
-    for row in reader:
-        number = reader.line_num
-        if not any(cell.strip() for cell in row):
-            continue
-        if header is None:
-            header = [cell.strip() for cell in row]
-            unknown = [name for name in header if name not in JOB_FIELDS]
-            if unknown or len(set(header)) != len(header):
-                yield (
-                    number,
-                    LineError(
-                        number,
-                        f"bad header {','.join(header)!r}: the columns are app,inst,stream or "
-                        "stream_id, and optionally origin_url, each once",
-                    ),
-                )
-                return
-            continue
-        if len(row) > len(header):
-            yield number, LineError(number, f"{len(row)} cells, the header has {len(header)}")
-            continue
-        yield (
-            number,
-            {name: cell.strip() for name, cell in zip(header, row, strict=False) if cell.strip()},
-        )
-
-
-def validate(records: Iterable[tuple[int, Mapping[str, Any] | LineError]]) -> TargetList:
-    """Validate every record; keep the first of each target (by ``Target.key``)."""
-    jobs: dict[str, CloseJob] = {}
-    errors: list[LineError] = []
-    duplicates = 0
-    for number, record in records:
-        if isinstance(record, LineError):
-            errors.append(record)
-            continue
-        try:
-            job = CloseJob.parse(record)
-        except InvalidTarget as exc:
-            errors.append(LineError(number, str(exc)))
-            continue
-        if job.target.key in jobs:
-            duplicates += 1
-        else:
-            jobs[job.target.key] = job
-    return TargetList(jobs=list(jobs.values()), errors=errors, duplicates=duplicates)
-
-
-def read_targets(source: str | Path | TextIO, *, fmt: str = "auto") -> TargetList:
-    """Read and validate a CSV or JSON-lines target file (``"-"``: standard input)."""
-    if isinstance(source, str | Path):
-        if str(source) == "-":
-            import sys
-
-            text = sys.stdin.read()
-        else:
-            try:
-                text = Path(source).read_text(encoding="utf-8-sig")
-            except (OSError, UnicodeDecodeError) as exc:
-                raise StreamctlError(f"cannot read {source}: {exc}") from None
-    else:
-        text = source.read()
-    return validate(_records(text, fmt))
 
 
 # --- enqueueing --------------------------------------------------------------------------

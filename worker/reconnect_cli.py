@@ -81,7 +81,8 @@ def reconnect(
     timeout: float | None,
 ) -> None:
     """Close every stream named in FILE ('-': standard input) as one batch, and follow it."""
-    from worker.batch import BatchSender, InvalidLines, read_targets
+    from worker.batch import BatchSender
+    from worker.targetfile import InvalidLines, read_targets
 
     err = Console(stderr=True)
     if (file is None) == (retry_batch is None):

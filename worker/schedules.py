@@ -68,7 +68,7 @@ class TargetSource:
         Read and validated as ``streamctl reconnect`` does (``worker.batch``); any bad line or
         target raises InvalidTarget naming it: a schedule never skips targets silently.
         """
-        from worker.batch import read_targets, validate
+        from worker.targetfile import read_targets, validate
 
         if self.file is not None:
             targets = read_targets(self.file)

@@ -1,0 +1,151 @@
+"""Target files for mass reconnects: read a CSV or JSON-lines file and validate all of it.
+
+Every line is validated (``CloseJob.parse``, as for single closes) before anything is
+enqueued; bad lines are reported by line number. A target named twice is kept once.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+from worker.errors import InvalidTarget, StreamctlError
+from worker.targets import JOB_FIELDS, CloseJob
+
+#: Bad lines quoted in an error message; the rest are counted.
+MAX_QUOTED_ERRORS = 20
+
+
+@dataclass(frozen=True, slots=True)
+class LineError:
+    line: int
+    message: str
+
+    def __str__(self) -> str:
+        return f"line {self.line}: {self.message}"
+
+
+class InvalidLines(StreamctlError):
+    """Some lines name no valid target; nothing was enqueued."""
+
+    def __init__(self, errors: Sequence[LineError]) -> None:
+        quoted = "\n  ".join(str(error) for error in errors[:MAX_QUOTED_ERRORS])
+        more = len(errors) - MAX_QUOTED_ERRORS
+        tail = f"\n  ... and {more} more" if more > 0 else ""
+        super().__init__(
+            f"{len(errors)} invalid line(s); nothing was enqueued "
+            f"(--skip-invalid sends the valid ones):\n  {quoted}{tail}"
+        )
+        self.errors = list(errors)
+
+
+@dataclass(frozen=True, slots=True)
+class TargetList:
+    """A validated file: the jobs to send (first occurrence of each target, in file order)."""
+
+    jobs: list[CloseJob]
+    errors: list[LineError]
+    duplicates: int
+
+
+# --- reading and validating --------------------------------------------------------------
+
+
+def _records(text: str, fmt: str) -> Iterator[tuple[int, Mapping[str, Any] | LineError]]:
+    if fmt == "auto":
+        first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+        fmt = "jsonl" if first.startswith("{") else "csv"
+    if fmt == "jsonl":
+        yield from _json_lines(text)
+    elif fmt == "csv":
+        yield from _csv_rows(text)
+    else:
+        raise StreamctlError(f"unknown format {fmt!r}: csv, jsonl or auto")
+
+
+def _json_lines(text: str) -> Iterator[tuple[int, Mapping[str, Any] | LineError]]:
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as exc:
+            yield number, LineError(number, f"not JSON ({exc.msg})")
+            continue
+        if not isinstance(value, dict):
+            yield number, LineError(number, "expected a JSON object with the target's fields")
+        else:
+            yield number, value
+
+
+def _csv_rows(text: str) -> Iterator[tuple[int, Mapping[str, Any] | LineError]]:
+    reader = csv.reader(io.StringIO(text))
+    header: list[str] | None = None
+    for row in reader:
+        number = reader.line_num
+        if not any(cell.strip() for cell in row):
+            continue
+        if header is None:
+            header = [cell.strip() for cell in row]
+            unknown = [name for name in header if name not in JOB_FIELDS]
+            if unknown or len(set(header)) != len(header):
+                yield (
+                    number,
+                    LineError(
+                        number,
+                        f"bad header {','.join(header)!r}: the columns are app,inst,stream or "
+                        "stream_id, and optionally origin_url, each once",
+                    ),
+                )
+                return
+            continue
+        if len(row) > len(header):
+            yield number, LineError(number, f"{len(row)} cells, the header has {len(header)}")
+            continue
+        yield (
+            number,
+            {name: cell.strip() for name, cell in zip(header, row, strict=False) if cell.strip()},
+        )
+
+
+def validate(records: Iterable[tuple[int, Mapping[str, Any] | LineError]]) -> TargetList:
+    """Validate every record; keep the first of each target (by ``Target.key``)."""
+    jobs: dict[str, CloseJob] = {}
+    errors: list[LineError] = []
+    duplicates = 0
+    for number, record in records:
+        if isinstance(record, LineError):
+            errors.append(record)
+            continue
+        try:
+            job = CloseJob.parse(record)
+        except InvalidTarget as exc:
+            errors.append(LineError(number, str(exc)))
+            continue
+        if job.target.key in jobs:
+            duplicates += 1
+        else:
+            jobs[job.target.key] = job
+    return TargetList(jobs=list(jobs.values()), errors=errors, duplicates=duplicates)
+
+
+def read_targets(source: str | Path | TextIO, *, fmt: str = "auto") -> TargetList:
+    """Read and validate a CSV or JSON-lines target file (``"-"``: standard input)."""
+    if isinstance(source, str | Path):
+        if str(source) == "-":
+            import sys
+
+            text = sys.stdin.read()
+        else:
+            try:
+                text = Path(source).read_text(encoding="utf-8-sig")
+            except (OSError, UnicodeDecodeError) as exc:
+                raise StreamctlError(f"cannot read {source}: {exc}") from None
+    else:
+        text = source.read()
+    return validate(_records(text, fmt))
