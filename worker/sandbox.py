@@ -15,24 +15,27 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import hmac
-import ipaddress
 import json
 import socket
-import struct
-import sys
 import threading
 import time
-import traceback
 from collections import Counter, deque
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from email.parser import BytesParser
-from email.policy import HTTP
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qs
 
+from config.settings import is_loopback_host
 from worker.errors import InvalidTarget
+from worker.sandbox_http import (
+    Handler,
+    Reply,
+    Server,
+    Server6,
+    form_field,
+    html_reply,
+    json_reply,
+    text_reply,
+)
 from worker.signing import CLOSE_COMMAND, signature
 from worker.targets import Target
 
@@ -48,17 +51,9 @@ MESSAGES = {
     "0006": "required fields missing",
     "1000": "larger than usual volume of traffic, try again in a few minutes",
 }
-MAX_BODY = 1 << 20
 #: Bodies remembered for replay detection; past this the oldest are forgotten.
 MAX_SEEN = 200_000
 _FAULT_PARAMS = frozenset({"times", "status", "delay", "retry_after", "code"})
-
-
-def _is_loopback(host: str) -> bool:
-    try:
-        return host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 @dataclass
@@ -71,54 +66,9 @@ class _Fault:
     code: str
 
 
-@dataclass
-class _Reply:
-    kind: str
-    status: int = 200
-    body: bytes = b""
-    content_type: str = "application/json"
-    headers: dict[str, str] = field(default_factory=dict)
-    close: bool = False
-
-
-def _json(kind: str, payload: Mapping[str, object]) -> _Reply:
-    return _Reply(kind, body=json.dumps(payload).encode())
-
-
-def _failure(kind: str, code: str, message: str | None = None) -> _Reply:
+def _failure(kind: str, code: str, message: str | None = None) -> Reply:
     text = MESSAGES.get(code, "failure") if message is None else message
-    return _json(kind, {"status": "failure", "code": code, "message": text})
-
-
-def _html(kind: str, status: int, title: str) -> _Reply:
-    page = f"<html><head><title>{title}</title></head><body><h1>{title}</h1></body></html>\n"
-    return _Reply(kind, status, page.encode(), "text/html; charset=UTF-8")
-
-
-def _text(status: int, text: str, kind: str = "http_400", *, close: bool = False) -> _Reply:
-    return _Reply(kind, status, text.encode() + b"\n", "text/plain; charset=UTF-8", close=close)
-
-
-def _form_field(content_type: str, body: bytes, name: str) -> bytes | None:
-    """The last value of form field ``name`` (urlencoded or multipart body), or None."""
-    mime = content_type.split(";", 1)[0].strip().lower()
-    if mime == "application/x-www-form-urlencoded":
-        try:
-            values = parse_qs(body.decode("utf-8"), keep_blank_values=True, errors="strict")
-        except ValueError:  # also UnicodeDecodeError
-            return None
-        return values[name][-1].encode("utf-8") if name in values else None
-    if mime != "multipart/form-data":
-        return None
-    header = b"Content-Type: " + content_type.encode("latin-1", "replace") + b"\r\n\r\n"
-    message = BytesParser(policy=HTTP).parsebytes(header + body)
-    found: bytes | None = None
-    if message.is_multipart():
-        for part in message.iter_parts():
-            if part.get_param("name", header="content-disposition") == name:
-                payload = part.get_payload(decode=True)
-                found = payload if isinstance(payload, bytes) else found
-    return found
+    return json_reply(kind, {"status": "failure", "code": code, "message": text})
 
 
 def _target_key(request: Mapping[str, Any] | None) -> str | None:
@@ -132,86 +82,6 @@ def _seconds(name: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
         raise ValueError(f"{name} must be a number of seconds >= 0")
     return float(value)
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    request_queue_size = 1024
-    sandbox: Sandbox
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        if not isinstance(sys.exc_info()[1], OSError):  # a client that went away is no news
-            traceback.print_exc()
-
-
-class _Server6(_Server):
-    address_family = socket.AF_INET6
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server_version = "streamctl-sandbox"
-    timeout = 120.0
-    server: _Server
-
-    def setup(self) -> None:
-        super().setup()
-        self.server.sandbox._track(self.connection, add=True)
-
-    def finish(self) -> None:
-        self.server.sandbox._track(self.connection, add=False)
-        super().finish()
-
-    def version_string(self) -> str:
-        return self.server_version
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass  # quiet; Sandbox(verbose=True) logs method, path and reply kind only
-
-    def do_GET(self) -> None:
-        path = self.path.split("?", 1)[0]
-        if path == "/_sandbox/stats":
-            self._send(_json("control", self.server.sandbox.stats()))
-        else:
-            self._send(_text(405, "POST only", "control"))
-
-    def do_POST(self) -> None:
-        sandbox = self.server.sandbox
-        path = self.path.split("?", 1)[0]
-        length = self.headers.get("Content-Length", "0")
-        if self.headers.get("Transfer-Encoding") or not length.isdigit() or int(length) > MAX_BODY:
-            reply = _text(400, "unreadable body", close=True)  # not read: no keep-alive
-            if not path.startswith("/_sandbox/"):
-                sandbox._record(reply, time.time())
-        elif path.startswith("/_sandbox/"):
-            reply = sandbox._control(path, self.rfile.read(int(length)))
-        else:
-            body = self.rfile.read(int(length))
-            reply = sandbox._answer(self.headers.get("Content-Type", ""), body)
-        if sandbox.verbose:
-            sys.stderr.write(f"sandbox: {self.command} {path} -> {reply.kind}\n")
-        if reply.kind == "reset":
-            self._reset()
-        else:
-            self._send(reply)
-
-    def _send(self, reply: _Reply) -> None:
-        self.send_response(reply.status)  # also sends Date and Server
-        self.send_header("Content-Type", reply.content_type)
-        self.send_header("Content-Length", str(len(reply.body)))
-        for name, value in reply.headers.items():
-            self.send_header(name, value)
-        if reply.close:
-            self.send_header("Connection", "close")
-        self.end_headers()
-        self.wfile.write(reply.body)
-
-    def _reset(self) -> None:
-        """Drop the connection with a TCP RST and no reply."""
-        self.close_connection = True
-        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        self.rfile.close()  # it holds a reference: the socket really closes only without it
-        self.connection.close()
 
 
 class Sandbox:
@@ -229,7 +99,7 @@ class Sandbox:
         handle_time_as_string: bool = True,
         verbose: bool = False,
     ) -> None:
-        if not _is_loopback(host):
+        if not is_loopback_host(host):
             raise ValueError(f"the sandbox serves loopback addresses only, not {host!r}")
         self._secret, self._api_key, self._cdn = secret, api_key, cdn
         self.timestamp_window = timestamp_window
@@ -240,7 +110,7 @@ class Sandbox:
         self._thread: threading.Thread | None = None
         self._serving = False
         self._reset_state()
-        self._server = (_Server6 if ":" in host else _Server)((host, port), _Handler)
+        self._server = (Server6 if ":" in host else Server)((host, port), Handler)
         self._server.sandbox = self
         self.port: int = self._server.server_address[1]
         self.url = f"http://{f'[{host}]' if ':' in host else host}:{self.port}/stable/"
@@ -379,8 +249,8 @@ class Sandbox:
             return [dict(r) for r in self._records.get(key, [])]
 
     def _record(
-        self, reply: _Reply, at: float, key: str | None = None, ts: object = None, sha256: str = ""
-    ) -> _Reply:
+        self, reply: Reply, at: float, key: str | None = None, ts: object = None, sha256: str = ""
+    ) -> Reply:
         with self._lock:
             self._total += 1
             self._replies[reply.kind] += 1
@@ -389,11 +259,11 @@ class Sandbox:
                 self._records.setdefault(key, []).append({**record, "reply": reply.kind})
         return reply
 
-    def _answer(self, content_type: str, body: bytes) -> _Reply:
+    def _answer(self, content_type: str, body: bytes) -> Reply:
         started, received_at = time.perf_counter(), time.time()
-        raw = _form_field(content_type, body, "json")
+        raw = form_field(content_type, body, "json")
         if raw is None:
-            return self._record(_text(400, "form field 'json' missing"), received_at)
+            return self._record(text_reply(400, "form field 'json' missing"), received_at)
         try:
             decoded = json.loads(raw)
         except ValueError:  # also UnicodeDecodeError
@@ -407,11 +277,11 @@ class Sandbox:
 
     def _reply(
         self, request: dict[str, Any] | None, key: str | None, digest: bytes, started: float
-    ) -> _Reply:
+    ) -> Reply:
         with self._lock:
             down = time.monotonic() < self._outage_until
         if down:
-            return _html("outage", 503, "503 Service Unavailable")
+            return html_reply("outage", 503, "503 Service Unavailable")
         code, fault = self._verify(request, key, digest)
         if code is not None:
             return _failure(code, code, "request replayed" if code == "0005" else None)
@@ -421,20 +291,20 @@ class Sandbox:
             elapsed = time.perf_counter() - started
             spent = f"{elapsed:.4f} seconds" if self.handle_time_as_string else round(elapsed, 4)
             kind = "success" if fault is None else "slow"
-            return _json(kind, {"message": "", "status": "success", "handle_time": spent})
+            return json_reply(kind, {"message": "", "status": "success", "handle_time": spent})
         if fault.kind == "http_error":
-            return _html("http_error", fault.status, f"{fault.status} Error")
+            return html_reply("http_error", fault.status, f"{fault.status} Error")
         if fault.kind == "rate_limit":
-            reply = _html("rate_limit", 429, "429 Too Many Requests")
+            reply = html_reply("rate_limit", 429, "429 Too Many Requests")
             if fault.retry_after is not None:
                 wait = fault.retry_after
                 reply.headers["Retry-After"] = str(int(wait) if wait.is_integer() else wait)
             return reply
         if fault.kind == "not_json":
-            return _html("not_json", 200, "502 Bad Gateway")
+            return html_reply("not_json", 200, "502 Bad Gateway")
         if fault.kind == "refuse":
             return _failure("refuse", fault.code)
-        return _Reply("reset")
+        return Reply("reset")
 
     def _verify(
         self, request: dict[str, Any] | None, key: str | None, digest: bytes
@@ -482,7 +352,7 @@ class Sandbox:
                 del self._seen[next(iter(self._seen))]
             return None, self._take_fault(key)
 
-    def _control(self, path: str, body: bytes) -> _Reply:
+    def _control(self, path: str, body: bytes) -> Reply:
         try:
             payload = json.loads(body) if body.strip() else {}
             if not isinstance(payload, dict):
@@ -499,10 +369,10 @@ class Sandbox:
             elif path == "/_sandbox/reset":
                 self.reset()
             else:
-                return _text(404, "unknown control endpoint", "control")
+                return text_reply(404, "unknown control endpoint", "control")
         except (ValueError, TypeError) as exc:  # InvalidTarget is a ValueError
-            return _text(400, str(exc), "control")
-        return _json("control", {"ok": True})
+            return text_reply(400, str(exc), "control")
+        return json_reply("control", {"ok": True})
 
 
 def _sha256(text: str) -> str:
