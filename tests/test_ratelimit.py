@@ -155,7 +155,7 @@ def test_cancelled_batch_and_send_after_expiry_are_refused(
     limiter = make(rate=1.0, burst=1, hold=0.1)  # type: ignore[operator]
     batches = BatchState(redis_client, ttl_seconds=60)
     batch_id = f"t-{uuid.uuid4().hex[:10]}"
-    batches.create(batch_id, {f"{batch_id}-0": {"stream_id": 1}})
+    batches.create(batch_id, 1)
     assert goes(limiter, context(batch_id))
     with pytest.raises(JobExpired):  # the next slot is a second away, the job expires first
         limiter.before_send(context(expires_in=0.5))

@@ -124,7 +124,7 @@ class BatchSender:
         since = log_position(self.redis, self.settings.results_log)
         records = {job_id: target_record(job) for job_id, job, _ in messages}
         try:
-            self.batches.create(batch_id, records, rate=rate, records=False)
+            self.batches.create(batch_id, len(records), rate=rate)
         except redis.RedisError as exc:
             raise EnqueueError(f"Redis at REDIS_URL is unreachable: {type(exc).__name__}") from None
         try:

@@ -131,36 +131,25 @@ class BatchState:
         self.redis = client
         self._ttl = ttl_seconds
 
-    def create(
-        self,
-        batch_id: str,
-        jobs: Mapping[str, Mapping[str, Any]],
-        *,
-        rate: float | None = None,
-        records: bool = True,
-    ) -> str:
-        """Record a batch before any of its jobs is enqueued (so every result is counted).
-
-        With ``records=False`` the jobs' targets (``record_jobs``) are left for the caller to
-        write later: they matter only once the batch has ended (``--retry-failed``).
-        """
+    def create(self, batch_id: str, total: int, *, rate: float | None = None) -> str:
+        """Record a batch of ``total`` jobs before any of them is enqueued (so every result is
+        counted). Its jobs' targets are kept apart (``record_jobs``): they are read only once
+        the batch has ended."""
         check_batch_id(batch_id)
         key = batch_key(batch_id)
         fields: dict[str, str | int | float] = {
-            "total": len(jobs),
+            "total": total,
             "done": 0,
             "started_at": isoformat(datetime.now(UTC)),
         }
         if rate is not None:
             fields["rate"] = rate
-        if not self.redis.hsetnx(key, "total", len(jobs)):
+        if not self.redis.hsetnx(key, "total", total):
             raise StreamctlError(f"batch {batch_id} exists already")
         pipe = self.redis.pipeline(transaction=False)
         pipe.hset(key, mapping=fields)  # type: ignore[arg-type]
         pipe.expire(key, self._ttl)
         pipe.execute()
-        if records:
-            self.record_jobs(batch_id, jobs)
         return batch_id
 
     def record_jobs(self, batch_id: str, jobs: Mapping[str, Mapping[str, Any]]) -> None:
