@@ -33,9 +33,9 @@ from typing import Any
 
 import requests
 
-from worker.redis_server import EmbeddedRedis, free_port
-from worker.signing import CLOSE_COMMAND, request_fields, signed_body
-from worker.targets import CloseJob
+from worker.api.signing import CLOSE_COMMAND, request_fields, signed_body
+from worker.dev.embedded_redis import EmbeddedRedis, free_port
+from worker.model.targets import CloseJob
 
 API_KEY = "BENCHKEY0000000000000000000000AA"
 SECRET = "bench-secret-not-a-real-one"
@@ -189,8 +189,8 @@ def through_streamctl(
             )
         )
     try:
-        from worker.app import app
-        from worker.batch import BatchSender, wait_for_batch
+        from worker.broker.app import app
+        from worker.produce.batch import BatchSender, wait_for_batch
 
         deadline = time.monotonic() + 60
         while len(app.control.ping(timeout=0.5)) < workers:

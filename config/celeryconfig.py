@@ -34,7 +34,7 @@ task_acks_late = True
 task_reject_on_worker_lost = True
 # One message running and one waiting per thread: a thread that finishes takes the waiting one
 # at once instead of waiting for the consumer's next round trip to the broker, which at the
-# end of a batch (single-job messages, see worker.chunks) left up to half the threads idle
+# end of a batch (single-job messages, see worker.broker.messages) left up to half the threads idle
 # (benchmarks/run.py). A waiting message ages toward its expiry by one message's run at most.
 worker_prefetch_multiplier = 2
 result_expires = _settings.result_ttl

@@ -138,14 +138,14 @@ class Settings(BaseSettings):
     visibility_timeout: PositiveFloat = 300.0
 
     # --- the worker --------------------------------------------------------------------------
-    #: Most jobs a batch message carries (worker.chunks). Celery's own cost per message is then
-    #: shared by up to 10 jobs, while a thread's share of a 10,000-job batch stays small
+    #: Most jobs a batch message carries (worker.broker.messages). Celery's own cost per message
+    #: is then shared by up to 10 jobs, while a thread's share of a 10,000-job batch stays small
     #: enough that no thread idles long at its end (benchmarks/run.py; README, Performance).
     batch_chunk: PositiveInt = 10
     #: Threads per worker. Closes are I/O bound (~0.4 s each), so threads, not processes.
     worker_concurrency: PositiveInt = 32
     #: Worker processes ``streamctl worker`` forks, each with STREAMCTL_WORKER_CONCURRENCY
-    #: threads (worker.processes). 1 here; about one and a half per core for big batches
+    #: threads (worker.consume.processes). 1 here; about one and a half per core for big batches
     #: (README, Performance), as one process's threads queue for its one GIL.
     worker_processes: PositiveInt = 1
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -154,14 +154,14 @@ class Settings(BaseSettings):
     #: would collide when several workers share a host. With STREAMCTL_WORKER_PROCESSES, the
     #: processes take this port and the ones after it.
     metrics_port: int | None = Field(None, gt=0, lt=65536)
-    #: Seconds between a worker's sweeps for jobs the broker lost (worker.janitor). 10 s ends
-    #: such a job soon after its grace; one sweep per interval runs in the whole cluster.
+    #: Seconds between a worker's sweeps for jobs the broker lost (worker.consume.janitor).
+    #: 10 s ends such a job soon after its grace; one sweep per interval runs in the whole cluster.
     janitor_interval: PositiveFloat = 10.0
     #: The janitor ends a lost job this many seconds after its expiry plus one HTTP attempt's
     #: timeouts: 30 s covers clock skew between hosts and a slow publish of a real result.
     janitor_grace: Annotated[float, Field(ge=0)] = 30.0
 
-    # --- the cluster-wide rate limit (worker.ratelimit) -------------------------------------
+    # --- the cluster-wide rate limit (worker.store.limiter) -------------------------------------
     #: API requests per second for all workers together, given as ``20/s``, ``1200/m``...;
     #: unset means no limit. Every HTTP attempt counts, retries included.
     rate_limit: float | None = None
@@ -179,7 +179,7 @@ class Settings(BaseSettings):
     #: goes back to the broker with a countdown, so throttled jobs do not pin threads.
     throttle_hold: PositiveFloat = 5.0
 
-    # --- schedules (worker.schedules, ``streamctl beat``) -------------------------------------
+    # --- schedules (worker.schedule.file, ``streamctl beat``) -------------------------------------
     #: The schedule of mass reconnects, relative to the working directory: the repository's
     #: own example file, empty, so that ``streamctl beat`` starts on a fresh checkout.
     schedule_file: Path = Path("config/schedules.toml")

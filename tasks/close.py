@@ -7,20 +7,20 @@ from typing import Any
 from celery import Task
 from celery.exceptions import Reject
 
-from worker import chunks
-from worker.app import CLOSE_MANY_TASK, CLOSE_TASK, app
-from worker.jobs import AlreadyFinal, Delivery, RetryLater
-from worker.runtime import runner
+from worker.broker import messages
+from worker.broker.app import CLOSE_MANY_TASK, CLOSE_TASK, app
+from worker.consume.runner import AlreadyFinal, Delivery, RetryLater
+from worker.consume.wiring import runner
 
 _OPTIONS: dict[str, Any] = {
     "bind": True,
     "acks_late": True,
     "reject_on_worker_lost": True,
-    # Each job's result goes to the results channel (worker.jobstate); storing it in Celery's
+    # Each job's result goes to the results channel (worker.store.jobs); storing it in Celery's
     # backend as well cost two more Redis round trips per job for nothing a reader uses.
     "ignore_result": True,
     # A malformed message is dropped with a log line instead of stopping the worker.
-    "Strategy": "worker.taskstrategy:checked",
+    "Strategy": "worker.broker.guards.task_body:checked",
 }
 
 
@@ -43,8 +43,8 @@ def close_stream(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
 @app.task(name=CLOSE_MANY_TASK, **_OPTIONS)
 def close_many(self: Task, *args: Any, **kwargs: Any) -> dict[str, int]:
     try:
-        entries = chunks.parse_chunk(args, kwargs)
-    except chunks.InvalidChunk as exc:
+        entries = messages.parse_chunk(args, kwargs)
+    except messages.InvalidChunk as exc:
         raise Reject(f"malformed batch message: {exc}", requeue=False) from None
     job_runner = runner()
     deliveries = []
@@ -55,9 +55,9 @@ def close_many(self: Task, *args: Any, **kwargs: Any) -> dict[str, int]:
             job_runner.reject(job_id, "a batch entry must be an object of the job's fields")
     run = job_runner.run_chunk(deliveries)
     for delivery, later in run.retry_later:
-        chunks.send_retry(
+        messages.send_retry(
             self.app, delivery.job_id, delivery.kwargs, countdown=later.countdown, retries=1
         )
     if run.leftover:
-        chunks.send_chunk(self.app, [(d.job_id, d.kwargs) for d in run.leftover])
+        messages.send_chunk(self.app, [(d.job_id, d.kwargs) for d in run.leftover])
     return {"ended": run.ended, "retried": len(run.retry_later), "leftover": len(run.leftover)}

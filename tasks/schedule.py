@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from worker.app import app
-from worker.schedule_run import SCHEDULE_TASK, run_entry
+from worker.broker.app import app
+from worker.schedule.run import SCHEDULE_TASK, run_entry
 
 
 @app.task(name=SCHEDULE_TASK)

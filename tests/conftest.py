@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import redis
 
-from worker.redis_server import EmbeddedRedis
+from worker.dev.embedded_redis import EmbeddedRedis
 
 TEST_CDN = 158
 # Fixed, not random: test modules import these from tests.conftest, a second copy of this module.
@@ -50,7 +50,7 @@ def pytest_configure(config: pytest.Config) -> None:
         server = EmbeddedRedis().start()
         _started["redis"] = server
         redis_url = server.url
-    from worker.sandbox import Sandbox
+    from worker.dev.sandbox import Sandbox
 
     sandbox = Sandbox(secret=TEST_SECRET, api_key=TEST_API_KEY, cdn=TEST_CDN)
     sandbox.start()
@@ -109,7 +109,7 @@ def settings() -> Any:
 
 @pytest.fixture(scope="session")
 def producer() -> Any:
-    from worker.producer import Producer
+    from worker.produce.producer import Producer
 
     return Producer()
 

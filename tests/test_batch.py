@@ -13,9 +13,9 @@ import pytest
 import redis
 from click.testing import CliRunner
 
-from worker.batchstate import BatchState
-from worker.cli import main
-from worker.results import BATCH_SUMMARY_FIELDS, Outcome
+from worker.cli.main import main
+from worker.model.results import BATCH_SUMMARY_FIELDS, Outcome
+from worker.store.batches import BatchState
 
 pytestmark = pytest.mark.e2e
 

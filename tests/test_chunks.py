@@ -1,4 +1,5 @@
-"""Batch messages carrying several jobs (worker.chunks, task scaleengine.stream.close_many).
+"""Batch messages carrying several jobs (worker.broker.messages, task
+scaleengine.stream.close_many).
 
 Real workers, real Redis, the sandbox over HTTP. The session worker runs hand-built batch
 messages; tests that need tuning of their own (a quick in-task deadline, a chunk budget of 0,
@@ -23,12 +24,12 @@ from celery import Celery
 from config.settings import Settings
 from tests.conftest import WorkerProcess, wait_for_result
 from tests.faults.harness import cluster, unique_target
-from worker.app import CLOSE_MANY_TASK
-from worker.batch import BatchSender, log_position, wait_for_batch
-from worker.chunks import JOBS_FIELD, MAX_JOB_ID, SPREAD, chunk_kwargs, chunk_sizes
-from worker.producer import job_kwargs
-from worker.runtime import chunk_budget
-from worker.targets import CloseJob
+from worker.broker.app import CLOSE_MANY_TASK
+from worker.broker.messages import JOBS_FIELD, MAX_JOB_ID, SPREAD, chunk_kwargs, chunk_sizes
+from worker.consume.wiring import chunk_budget
+from worker.model.targets import CloseJob
+from worker.produce.batch import BatchSender, log_position, wait_for_batch
+from worker.produce.producer import job_kwargs
 
 pytestmark = pytest.mark.e2e
 

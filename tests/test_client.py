@@ -19,13 +19,13 @@ from pydantic import SecretStr
 
 from tests.conftest import TEST_API_KEY, TEST_CDN, TEST_SECRET
 from worker import errors
-from worker.client import Account, ScaleEngineClient
-from worker.http import SessionPool
-from worker.redis_server import free_port
-from worker.results import Attempt
-from worker.retry import RetryPolicy
-from worker.targets import CloseJob
-from worker.timestamps import TimestampClock, account_scope
+from worker.api.client import Account, ScaleEngineClient
+from worker.api.clock import TimestampClock, account_scope
+from worker.api.retry import RetryPolicy
+from worker.api.transport import SessionPool
+from worker.dev.embedded_redis import free_port
+from worker.model.results import Attempt
+from worker.model.targets import CloseJob
 
 ACCOUNT = Account(cdn=TEST_CDN, api_key=SecretStr(TEST_API_KEY), api_secret=SecretStr(TEST_SECRET))
 
@@ -90,7 +90,7 @@ def test_success_parses_string_handle_time(sandbox: Any, redis_client: redis.Red
 
 
 def test_success_parses_numeric_handle_time(redis_client: redis.Redis) -> None:
-    from worker.sandbox import Sandbox
+    from worker.dev.sandbox import Sandbox
 
     with Sandbox(
         secret=TEST_SECRET, api_key=TEST_API_KEY, cdn=TEST_CDN, handle_time_as_string=False

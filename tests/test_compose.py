@@ -17,8 +17,8 @@ import yaml
 from pydantic import AliasChoices
 
 from config.settings import Settings, load_settings
-from worker.cli import main
-from worker.schedules import load_schedule
+from worker.cli.main import main
+from worker.schedule.file import load_schedule
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())

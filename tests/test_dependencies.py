@@ -1,9 +1,9 @@
 """The dependency tree is pinned, and the floors in pyproject.toml are what the code needs.
 
-The batch publisher uses kombu's ``Producer.batch`` (kombu 5.7) and worker.brokerfix patches
-kombu 5.7's private names, so an install that admits an older celery or kombu would start and
-then fail at the first batch or the first Redis restart. The README's commands and CI install
-through the constraints file, so every machine runs the tree the suite was run on.
+The batch publisher uses kombu's ``Producer.batch`` (kombu 5.7) and worker.broker.guards.kombu
+patches kombu 5.7's private names, so an install that admits an older celery or kombu would
+start and then fail at the first batch or the first Redis restart. The README's commands and CI
+install through the constraints file, so every machine runs the tree the suite was run on.
 """
 
 from __future__ import annotations

@@ -13,8 +13,8 @@ import pytest
 import redis
 
 from tests.conftest import TEST_API_KEY, TEST_SECRET, wait_for_result
-from worker.results import RESULT_FIELDS
-from worker.targets import Target
+from worker.model.results import RESULT_FIELDS
+from worker.model.targets import Target
 
 pytestmark = pytest.mark.e2e
 SIGNATURE_SHAPE = re.compile(r"(?:[A-Za-z0-9+]|\\?/){43}=")

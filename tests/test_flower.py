@@ -24,7 +24,7 @@ import redis
 import requests
 
 from tests.conftest import TEST_API_KEY, TEST_SECRET, WorkerProcess, wait_for_result
-from worker.redis_server import free_port
+from worker.dev.embedded_redis import free_port
 
 pytestmark = pytest.mark.e2e
 TASK = "scaleengine.stream.close"

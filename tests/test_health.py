@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 
 from tests.conftest import TEST_SECRET
-from worker.health import CLOCK_FAIL_SECONDS, CLOCK_WARN_SECONDS, judge_skew, run_checks
-from worker.redis_server import free_port
+from worker.cli.check import CLOCK_FAIL_SECONDS, CLOCK_WARN_SECONDS, judge_skew, run_checks
+from worker.dev.embedded_redis import free_port
 
 
 def streamctl_check(**env: str) -> subprocess.CompletedProcess[str]:

@@ -13,12 +13,12 @@ from pathlib import Path
 from typing import Any
 
 from tests.faults.harness import cluster, unique_target
-from worker.batch import BatchSender
-from worker.chunks import JOBS_FIELD
-from worker.janitor import LOST_MESSAGE, grace_seconds, sweep
-from worker.jobstate import PENDING_DATA_KEY, PENDING_KEY
-from worker.runtime import build_runner
-from worker.targets import CloseJob
+from worker.broker.messages import JOBS_FIELD
+from worker.consume.janitor import LOST_MESSAGE, grace_seconds, sweep
+from worker.consume.wiring import build_runner
+from worker.model.targets import CloseJob
+from worker.produce.batch import BatchSender
+from worker.store.jobs import PENDING_DATA_KEY, PENDING_KEY
 
 #: A sweep every half second, 2.5 s past expiry (connect 1 + read 1.5 + grace 0).
 QUICK_JANITOR = {"STREAMCTL_JANITOR_INTERVAL": "0.5", "STREAMCTL_JANITOR_GRACE": "0"}
@@ -37,7 +37,7 @@ def _drop_message(fleet: Any, job_id: str) -> None:
     """Take a job's message off the queue, as a worker killed right after BRPOP does."""
     for raw in fleet.redis.lrange("streamctl", 0, -1):
         if job_id in _message_jobs(raw):
-            # A small batch goes one job per message (worker.chunks.chunk_sizes).
+            # A small batch goes one job per message (worker.broker.messages.chunk_sizes).
             assert _message_jobs(raw) == [job_id]
             assert fleet.redis.lrem("streamctl", 1, raw) == 1
             return

@@ -23,9 +23,9 @@ import pytest
 import requests
 from phpref import PHP, require_php
 
-from worker.phpjson import php_json_encode
-from worker.signing import CLOSE_COMMAND, request_fields, signature, signed_body
-from worker.targets import CloseJob
+from worker.api.phpjson import php_json_encode
+from worker.api.signing import CLOSE_COMMAND, request_fields, signature, signed_body
+from worker.model.targets import CloseJob
 
 pytestmark = pytest.mark.php
 
@@ -208,10 +208,10 @@ def test_php_accepts_closes_sent_by_the_worker_client(
     """The whole send path a worker uses: clock, signing, session, classification."""
     from pydantic import SecretStr
 
-    from worker.client import Account, ScaleEngineClient
-    from worker.http import SessionPool
-    from worker.retry import RetryPolicy
-    from worker.timestamps import TimestampClock
+    from worker.api.client import Account, ScaleEngineClient
+    from worker.api.clock import TimestampClock
+    from worker.api.retry import RetryPolicy
+    from worker.api.transport import SessionPool
 
     client = ScaleEngineClient(
         api_url=backend.url,

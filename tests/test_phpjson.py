@@ -1,4 +1,4 @@
-"""worker.phpjson.php_json_encode must equal PHP's own json_encode byte for byte.
+"""worker.api.phpjson.php_json_encode must equal PHP's own json_encode byte for byte.
 
 PHP-dependent tests carry the ``php`` mark and the ``php`` fixture (skip without php-cli,
 fail in CI). Each PHP comparison batches its rows into a single php process.
@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from phpref import PhpJsonError, php_json_encode_many, require_php
 
-from worker.phpjson import php_json_encode
+from worker.api.phpjson import php_json_encode
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 

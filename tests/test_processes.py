@@ -27,8 +27,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import WorkerProcess, wait_for_result
 from tests.faults.harness import Cluster, cluster, unique_target
-from worker.processes import child_argv
-from worker.redis_server import free_port
+from worker.consume.processes import child_argv
+from worker.dev.embedded_redis import free_port
 
 pytestmark = pytest.mark.e2e
 

@@ -11,11 +11,11 @@ from dataclasses import replace
 import pytest
 import redis
 
-from worker.batchstate import BatchState
-from worker.client import SendContext
+from worker.api.client import SendContext
+from worker.api.clock import TimestampClock
 from worker.errors import ApiBusy, JobCancelled, JobExpired, Throttled
-from worker.ratelimit import ClusterLimiter, LimitConfig
-from worker.timestamps import TimestampClock
+from worker.store.batches import BatchState
+from worker.store.limiter import ClusterLimiter, LimitConfig
 
 BASE = LimitConfig(
     rate=None,
@@ -62,7 +62,7 @@ def goes(limiter: ClusterLimiter, send_context: SendContext) -> bool:
 def test_a_go_carries_a_timestamp_claimed_as_the_clock_claims_it(
     make: object, redis_client: redis.Redis
 ) -> None:
-    """The limiter claims the attempt's timestamp in its own round trip (worker.timestamps'
+    """The limiter claims the attempt's timestamp in its own round trip (worker.api.clock'
     rule): strictly increasing per target, whichever of the two claimed last."""
     limiter = make()  # type: ignore[operator]
     clock = TimestampClock(redis_client, f"streamctl-test-ts:{uuid.uuid4().hex[:8]}")

@@ -7,7 +7,7 @@ from pathlib import Path
 from pydantic import AliasChoices
 
 from config.settings import Settings
-from worker.results import RESULT_FIELDS, Outcome
+from worker.model.results import RESULT_FIELDS, Outcome
 
 README = (Path(__file__).parent.parent / "README.md").read_text()
 

@@ -17,10 +17,10 @@ from urllib.parse import urlencode
 import pytest
 import requests
 
+from worker.api.signing import request_fields, signature, signed_body
+from worker.dev.sandbox import Sandbox
 from worker.errors import InvalidTarget
-from worker.sandbox import Sandbox
-from worker.signing import request_fields, signature, signed_body
-from worker.targets import CloseJob
+from worker.model.targets import CloseJob
 
 SECRET = "8fc8c48da81e6a2a06a9556379bf798af508dc0792497c678b4c3532ba8b637f"
 API_KEY = "APX4GKLM0RKQLSP2FBO1ROPKSSW47DZE"

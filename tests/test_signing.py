@@ -8,9 +8,9 @@ import json
 import pytest
 from phpref import php_sign_many, require_php
 
-from worker.phpjson import php_json_encode
-from worker.signing import CLOSE_COMMAND, request_fields, signature, signed_body
-from worker.targets import CloseJob
+from worker.api.phpjson import php_json_encode
+from worker.api.signing import CLOSE_COMMAND, request_fields, signature, signed_body
+from worker.model.targets import CloseJob
 
 API_KEY = "APX4GKLM0RKQLSP2FBO1ROPKSSW47DZE"
 SECRET = "8fc8c48da81e6a2a06a9556379bf798af508dc0792497c678b4c3532ba8b637f"

@@ -21,8 +21,8 @@ from celery import Celery
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import TEST_API_KEY, TEST_SECRET, WorkerProcess, wait_for_result
-from worker.producer import Producer
-from worker.redis_server import free_port
+from worker.dev.embedded_redis import free_port
+from worker.produce.producer import Producer
 
 pytestmark = pytest.mark.e2e
 
@@ -120,7 +120,7 @@ def test_worker_writes_json_lines_for_attempts_and_outcomes(observed: Observed) 
 
 
 def test_exporter_on_a_taken_port_is_reported_not_fatal(caplog: pytest.LogCaptureFixture) -> None:
-    from worker.metrics import start_exporter
+    from worker.telemetry.metrics import start_exporter
 
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

@@ -3,7 +3,7 @@
 The tree is split the way the retry policy needs it: anything under ``TransientError`` may
 succeed if the same close is signed afresh and sent again later; anything under
 ``PermanentError`` will not, so it is never retried. The retry predicate is therefore a plain
-``isinstance`` check (see ``worker.retry``), never a match on a message.
+``isinstance`` check (see ``worker.api.retry``), never a match on a message.
 
 No exception here ever carries the API secret, the request body or its signature: they are
 built from the response, the target and the HTTP status only.

@@ -25,8 +25,8 @@ from celery import Celery
 
 from config.settings import Settings, load_settings
 from tests.conftest import WorkerProcess
-from worker.producer import Producer
-from worker.redis_server import EmbeddedRedis
+from worker.dev.embedded_redis import EmbeddedRedis
+from worker.produce.producer import Producer
 
 #: Quick timing for fault clusters; Settings' invariants hold (see ``_check_timing``): the
 #: longest countdown (2 s) is under half the visibility timeout, deadline + read timeout

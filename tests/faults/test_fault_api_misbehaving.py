@@ -35,7 +35,7 @@ def _only(kind: str) -> Check:
     return lambda kinds: len(kinds) >= 2 and set(kinds) == {kind}
 
 
-# Code 1000 ("busy") is left out: it slows the whole cluster down on purpose (worker.ratelimit).
+# Code 1000 ("busy") is left out: it slows the whole cluster down on purpose (worker.store.limiter).
 # name: (faults to inject, expected outcome, check on the sandbox's reply kinds in order)
 CASES: dict[str, tuple[list[dict[str, Any]], str, Check]] = {
     "slow-once": (

@@ -19,10 +19,10 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
 from tests.faults.harness import Cluster, cluster, report, unique_target
-from worker.app import CLOSE_TASK
+from worker.broker.app import CLOSE_TASK
+from worker.consume.runner import META_FIELDS, parse_meta
 from worker.errors import InvalidTarget
-from worker.jobs import META_FIELDS, parse_meta
-from worker.targets import CloseJob
+from worker.model.targets import CloseJob
 
 pytestmark = pytest.mark.faults
 

@@ -12,8 +12,8 @@ import pytest
 
 from config.settings import load_settings
 from tests.faults.harness import cluster, report, unique_target
-from worker.producer import EnqueueError, Producer
-from worker.redis_server import EmbeddedRedis, free_port
+from worker.dev.embedded_redis import EmbeddedRedis, free_port
+from worker.produce.producer import EnqueueError, Producer
 
 pytestmark = pytest.mark.faults
 

@@ -18,7 +18,7 @@ import pytest
 
 from tests.conftest import TEST_API_KEY, TEST_SECRET
 from tests.faults.harness import cluster, report, unique_target
-from worker.app import CLOSE_TASK
+from worker.broker.app import CLOSE_TASK
 
 pytestmark = pytest.mark.faults
 

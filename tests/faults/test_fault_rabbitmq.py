@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from tests.faults.harness import cluster, report, unique_target
-from worker.app import CLOSE_TASK
+from worker.broker.app import CLOSE_TASK
 
 pytestmark = pytest.mark.faults
 

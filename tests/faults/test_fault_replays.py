@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from tests.faults.harness import cluster, lost_and_doubled, outcomes, report, unique_target
-from worker.batch import BatchSender
-from worker.targets import CloseJob
+from worker.model.targets import CloseJob
+from worker.produce.batch import BatchSender
 
 pytestmark = pytest.mark.faults
 

@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 
 from tests.faults.harness import cluster, lost_and_doubled, outcomes, report, unique_target
-from worker.batch import BatchSender
-from worker.chunks import chunk_sizes, split
-from worker.janitor import LOST_MESSAGE, grace_seconds
-from worker.targets import CloseJob
+from worker.broker.messages import chunk_sizes, split
+from worker.consume.janitor import LOST_MESSAGE, grace_seconds
+from worker.model.targets import CloseJob
+from worker.produce.batch import BatchSender
 
 pytestmark = pytest.mark.faults
 
@@ -60,7 +60,8 @@ def test_worker_killed_mid_batch_every_job_ends_once(tmp_path: Path, sandbox: An
     by_janitor = [
         job_id for job_id, found in results.items() if found and found[0]["message"] == LOST_MESSAGE
     ]
-    # A batch travels several jobs to a message (worker.chunks): the messages, as published.
+    # A batch travels several jobs to a message (worker.broker.messages):
+    # the messages, as published.
     messages = split(batch.job_ids, chunk_sizes(JOBS, fleet.settings.batch_chunk))
     lost_messages = [list(jobs) for jobs in messages if set(jobs) & set(by_janitor)]
     never_received = [

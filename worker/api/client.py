@@ -14,13 +14,14 @@ from dataclasses import dataclass
 
 from pydantic import SecretStr
 
-from worker import http, metrics
+from worker.api import transport
+from worker.api.clock import TimestampClock
+from worker.api.retry import RetryPolicy
+from worker.api.signing import CLOSE_COMMAND, request_fields, signed_body
 from worker.errors import ApiError, JobExpired, TimestampRejected
-from worker.results import Attempt
-from worker.retry import RetryPolicy
-from worker.signing import CLOSE_COMMAND, request_fields, signed_body
-from worker.targets import CloseJob
-from worker.timestamps import TimestampClock
+from worker.model.results import Attempt
+from worker.model.targets import CloseJob
+from worker.telemetry import metrics
 
 log = logging.getLogger("streamctl.client")
 
@@ -72,7 +73,7 @@ class ScaleEngineClient:
         api_url: str,
         account: Account,
         clock: TimestampClock,
-        sessions: http.SessionPool,
+        sessions: transport.SessionPool,
         policy: RetryPolicy,
         timeout: tuple[float, float],
         before_send: BeforeSend | None = None,
@@ -103,7 +104,7 @@ class ScaleEngineClient:
         label: str = "",
         job_id: str | None = None,
         batch_id: str | None = None,
-    ) -> http.ApiSuccess:
+    ) -> transport.ApiSuccess:
         """Close ``job``'s stream, retrying transient failures within ``deadline`` seconds.
 
         Raises the last ApiError when the API refused or the retries ran out, and JobExpired
@@ -112,7 +113,7 @@ class ScaleEngineClient:
         resigned = False
         timestamp_key = self._clock.key(job.target.key)
 
-        def send() -> http.ApiSuccess:
+        def send() -> transport.ApiSuccess:
             permit = Permit()
             if self._before_send is not None:
                 context = SendContext(
@@ -135,7 +136,7 @@ class ScaleEngineClient:
                 if permit.after is not None:
                     permit.after(failure)
 
-        def attempt() -> http.ApiSuccess:
+        def attempt() -> transport.ApiSuccess:
             nonlocal resigned
             try:
                 return send()
@@ -162,7 +163,7 @@ class ScaleEngineClient:
         label: str,
         job_id: str | None = None,
         claimed: int | None = None,
-    ) -> http.ApiSuccess:
+    ) -> transport.ApiSuccess:
         if claimed is None:
             timestamp = self._clock.claim(job.target.key)
         else:
@@ -184,9 +185,9 @@ class ScaleEngineClient:
         error: str | None = None
         error_class: str | None = None
         try:
-            response = http.send(self._sessions, self._url, body, timeout=self._timeout)
+            response = transport.send(self._sessions, self._url, body, timeout=self._timeout)
             status = response.status_code
-            return http.classify(response)
+            return transport.classify(response)
         except ApiError as exc:
             error_class = type(exc).__name__
             error = f"{error_class}: {exc.message}"

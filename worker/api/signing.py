@@ -11,8 +11,8 @@ import base64
 import hashlib
 import hmac
 
-from worker.phpjson import php_json_encode
-from worker.targets import CloseJob
+from worker.api.phpjson import php_json_encode
+from worker.model.targets import CloseJob
 
 CLOSE_COMMAND = "stream.close"
 

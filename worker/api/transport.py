@@ -34,7 +34,7 @@ from worker.errors import (
     TimestampRejected,
     TlsFailed,
 )
-from worker.results import parse_handle_time
+from worker.model.results import parse_handle_time
 
 USER_AGENT = "streamctl/0.1 (+python-requests)"
 _MAX_MESSAGE = 200

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from celery import Celery, signals
 
-from worker import brokerfix
+from worker.broker.guards import kombu as kombu_guards
 
-brokerfix.install()  # keeps a worker alive through a Redis restart (see worker.brokerfix)
+# Keeps a worker alive through a Redis restart (see worker.broker.guards.kombu).
+kombu_guards.install()
 app = Celery("streamctl")
 app.config_from_object("config.celeryconfig")
 
 #: The stable task name; producers in any language enqueue by it.
 CLOSE_TASK = "scaleengine.stream.close"
-#: Many close jobs in one message (batches; see ``worker.chunks``).
+#: Many close jobs in one message (batches; see ``worker.broker.messages``).
 CLOSE_MANY_TASK = "scaleengine.stream.close_many"
 
 
@@ -23,7 +24,7 @@ def _start_metrics_exporter(**_: object) -> None:
     worker reports ready, whether it was started by ``streamctl worker`` or ``celery worker``.
     """
     from config.settings import get_settings
-    from worker.metrics import start_exporter
+    from worker.telemetry.metrics import start_exporter
 
     start_exporter(get_settings().metrics_port)
 
@@ -32,12 +33,12 @@ signals.worker_init.connect(_start_metrics_exporter, weak=False)
 
 
 def _start_janitor(**_: object) -> None:
-    """Every worker sweeps for jobs the broker lost and ends them (see ``worker.janitor``).
+    """Every worker sweeps for jobs the broker lost and ends them (see ``worker.consume.janitor``).
 
     Started on the same signal as the exporter, for the same reasons; producers never run it.
     """
     from config.settings import get_settings
-    from worker import janitor
+    from worker.consume import janitor
 
     janitor.start(get_settings())
 

@@ -22,7 +22,7 @@ from typing import Any
 
 from celery import Celery
 
-from worker.app import CLOSE_MANY_TASK, CLOSE_TASK
+from worker.broker.app import CLOSE_MANY_TASK, CLOSE_TASK
 from worker.errors import StreamctlError
 
 #: The keyword argument of a batch message: {job id: that job's close kwargs}.

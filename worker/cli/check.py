@@ -12,7 +12,7 @@ its window (code 0002). The window is not documented, so the limits are conserva
   over ``CLOCK_WARN_SECONDS`` (5 s) NTP is evidently not keeping this clock, and it will drift.
 * over ``CLOCK_FAIL_SECONDS`` (60 s) requests risk refusal, and worse, timestamps are shared per
   target through Redis: a worker running ahead hands out future timestamps that every other
-  worker must wait for (``worker.timestamps``), so one skewed machine stalls the cluster.
+  worker must wait for (``worker.api.clock``), so one skewed machine stalls the cluster.
 """
 
 from __future__ import annotations
@@ -104,7 +104,7 @@ def _check_redis(name: str, url: str) -> Check:
 def _check_api(settings: Settings) -> Iterator[Check]:
     import requests
 
-    from worker.http import SessionPool
+    from worker.api.transport import SessionPool
 
     parts = urlsplit(settings.api_url)
     host = parts.hostname or ""
@@ -121,7 +121,7 @@ def _check_api(settings: Settings) -> Iterator[Check]:
     before = time.time()
     try:
         # A GET is answered (405 or an error page) with a Date header and sends no job.
-        # ``verify`` is passed as ``http.send`` passes it: requests would otherwise let
+        # ``verify`` is passed as ``transport.send`` passes it: requests would otherwise let
         # REQUESTS_CA_BUNDLE override the session's bundle.
         response = pool.session().get(
             settings.api_url,

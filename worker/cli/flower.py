@@ -71,7 +71,7 @@ def flower(ctx: click.Context, unauthenticated: bool) -> None:
     if not auth_configured(argv) and not unauthenticated:
         click.echo(AUTH_HOWTO, err=True, nl=False)
         sys.exit(2)
-    from worker.app import app
+    from worker.broker.app import app
 
     # Flower enqueues through the app's task registry: load the task modules the worker loads,
     # or async-apply would answer 404 for scaleengine.stream.close.

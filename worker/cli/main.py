@@ -10,14 +10,14 @@ import sys
 
 import click
 
-from worker.beat_cli import beat
-from worker.cli_errors import friendly_errors
-from worker.flower_cli import flower
-from worker.health import check
-from worker.reconnect_cli import batch, reconnect
+from worker.cli.beat import beat
+from worker.cli.check import check
+from worker.cli.errors import friendly_errors
+from worker.cli.flower import flower
+from worker.cli.reconnect import batch, reconnect
 
 #: Modules a Celery worker imports as it starts; a forking ``worker --processes`` loads them
-#: once in the parent (measured: 34 MB private per process without, see worker.processes).
+#: once in the parent (measured: 34 MB private per process without, see worker.consume.processes).
 PRELOADED_FOR_WORKERS = (
     "billiard.pool",
     "celery.app.amqp",
@@ -37,9 +37,9 @@ PRELOADED_FOR_WORKERS = (
     "celery.worker.strategy",
     "kombu.pidbox",
     "kombu.transport.redis",
-    "worker.janitor",
-    "worker.runtime",
-    "worker.taskstrategy",
+    "worker.consume.janitor",
+    "worker.consume.wiring",
+    "worker.broker.guards.task_body",
 )
 
 # Shared with the commands defined in their own modules (they cannot import this one).
@@ -76,8 +76,8 @@ def close(
     timeout: float | None,
 ) -> None:
     """Enqueue one close and print its job id."""
-    from worker.producer import Producer
-    from worker.watch import wait_for_result
+    from worker.produce.producer import Producer
+    from worker.store.results_log import wait_for_result
 
     producer = Producer()
     job_id = producer.close(
@@ -125,7 +125,7 @@ def worker(
 ) -> None:
     """Start a worker (thread pool: closes are I/O bound). Extra options go to Celery."""
     from config.settings import get_settings
-    from worker.logs import configure_logging
+    from worker.telemetry.logs import configure_logging
 
     # One source for these counts: the Redis pool is sized from the threads, for one.
     for variable, value in (
@@ -138,7 +138,7 @@ def worker(
     settings = get_settings()
     settings.require_credentials()
     configure_logging(settings)
-    from worker.app import app
+    from worker.broker.app import app
 
     argv = [
         "worker",
@@ -158,9 +158,9 @@ def worker(
         app.worker_main(argv=argv)
         return
 
-    from worker.processes import child_argv, supervise
+    from worker.consume.processes import child_argv, supervise
 
-    # Imported before forking, so that every process shares them (see worker.processes): the
+    # Imported before forking, so that every process shares them (see worker.consume.processes): the
     # tasks, and what Celery's worker command imports only once it runs.
     app.loader.import_default_modules()
     for module in PRELOADED_FOR_WORKERS:
@@ -182,8 +182,8 @@ def worker(
 def watch(since: str | None) -> None:
     """Print results as JSON lines as they arrive."""
     from config.settings import get_settings
-    from worker.runtime import redis_client
-    from worker.watch import follow
+    from worker.consume.wiring import redis_client
+    from worker.store.results_log import follow
 
     settings = get_settings()
     client = redis_client(settings)
@@ -199,7 +199,7 @@ def watch(since: str | None) -> None:
 def sandbox(host: str, port: int) -> None:
     """Serve a local ScaleEngine-compatible API (for tests and demos)."""
     from config.settings import get_settings
-    from worker.sandbox import Sandbox
+    from worker.dev.sandbox import Sandbox
 
     cdn, api_key, secret = get_settings().require_credentials()
     server = Sandbox(secret=secret, api_key=api_key, cdn=cdn, host=host, port=port)
@@ -214,7 +214,7 @@ def sandbox(host: str, port: int) -> None:
 @_friendly_errors
 def demo(jobs: int, concurrency: int) -> None:
     """Run everything locally: embedded Redis, sandbox with faults, a worker; enqueue closes."""
-    from worker.demo import run_demo
+    from worker.dev.demo import run_demo
 
     sys.exit(run_demo(jobs=jobs, concurrency=concurrency))
 

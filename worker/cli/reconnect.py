@@ -1,7 +1,7 @@
 """``streamctl reconnect FILE`` and ``streamctl batch BATCH_ID``: mass reconnects at a terminal.
 
-The work is done by ``worker.batch`` (the same functions other systems call); this module only
-reads options, draws the progress bar from the results log and prints the summary.
+The work is done by ``worker.produce.batch`` (the same functions other systems call); this
+module only reads options, draws the progress bar from the results log and prints the summary.
 """
 
 from __future__ import annotations
@@ -23,13 +23,13 @@ from rich.progress import (
 from rich.table import Table
 
 from config.settings import parse_rate
-from worker.cli_errors import friendly_errors
-from worker.demo import STYLE
+from worker.cli.errors import friendly_errors
+from worker.dev.demo import STYLE
 from worker.errors import StreamctlError
-from worker.results import Outcome
+from worker.model.results import Outcome
 
 if TYPE_CHECKING:
-    from worker.batch import BatchSender, StartedBatch
+    from worker.produce.batch import BatchSender, StartedBatch
 
 #: Exit codes: every job succeeded; some did not; no summary came in time (as ``close``).
 EXIT_OK, EXIT_NOT_ALL_SUCCEEDED, EXIT_NO_RESULT = 0, 1, 3
@@ -81,8 +81,8 @@ def reconnect(
     timeout: float | None,
 ) -> None:
     """Close every stream named in FILE ('-': standard input) as one batch, and follow it."""
-    from worker.batch import BatchSender
-    from worker.targetfile import InvalidLines, read_targets
+    from worker.produce.batch import BatchSender
+    from worker.produce.targetfile import InvalidLines, read_targets
 
     err = Console(stderr=True)
     if (file is None) == (retry_batch is None):
@@ -129,7 +129,7 @@ def reconnect(
 def _follow_with_progress(
     err: Console, started: StartedBatch, timeout: float | None, sender: BatchSender
 ) -> dict[str, Any] | None:
-    from worker.batch import wait_for_batch
+    from worker.produce.batch import wait_for_batch
 
     counts: dict[str, int] = {}
     begun = time.monotonic()
@@ -182,8 +182,8 @@ def _print_summary(err: Console, summary: dict[str, Any]) -> None:
 def batch(batch_id: str, cancel: bool) -> None:
     """Show a batch's progress, or its summary once it ended (JSON)."""
     from config.settings import get_settings
-    from worker.batchstate import BatchState
-    from worker.runtime import redis_client
+    from worker.consume.wiring import redis_client
+    from worker.store.batches import BatchState
 
     settings = get_settings()
     state = BatchState(redis_client(settings), ttl_seconds=settings.result_ttl)

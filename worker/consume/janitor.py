@@ -28,8 +28,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from config.settings import Settings
-from worker.jobstate import JobState
-from worker.results import JobResult
+from worker.model.results import JobResult
+from worker.store.jobs import JobState
 
 log = logging.getLogger("streamctl.janitor")
 
@@ -88,7 +88,7 @@ def sweep(
 
 
 def _run_forever(settings: Settings) -> None:
-    from worker.runtime import runner  # built on first use, as the tasks build it
+    from worker.consume.wiring import runner  # built on first use, as the tasks build it
 
     grace = grace_seconds(settings)
     while True:

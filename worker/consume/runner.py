@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from worker import metrics
-from worker.client import ScaleEngineClient
+from worker.api.client import ScaleEngineClient
+from worker.api.retry import RetryPolicy
 from worker.errors import (
     ApiError,
     InvalidTarget,
@@ -26,10 +26,10 @@ from worker.errors import (
     Throttled,
     TransientError,
 )
-from worker.jobstate import JobState, PriorState
-from worker.results import Attempt, JobResult, Outcome, isoformat, target_dict
-from worker.retry import RetryPolicy
-from worker.targets import JOB_FIELDS, CloseJob
+from worker.model.results import Attempt, JobResult, Outcome, isoformat, target_dict
+from worker.model.targets import JOB_FIELDS, CloseJob
+from worker.store.jobs import JobState, PriorState
+from worker.telemetry import metrics
 
 log = logging.getLogger("streamctl.jobs")
 
@@ -94,7 +94,7 @@ class JobRunner:
         return self._run_from(delivery, prior)
 
     def run_chunk(self, deliveries: Sequence[Delivery]) -> ChunkRun:
-        """Run a batch message's jobs one after another (see ``worker.chunks``).
+        """Run a batch message's jobs one after another (see ``worker.broker.messages``).
 
         The jobs' earlier state is read in one round trip. No job starts once the chunk has
         run ``chunk_budget`` seconds: the rest are handed back (``ChunkRun.leftover``), so that
@@ -145,7 +145,7 @@ class JobRunner:
             )
 
     def end_lost(self, job_id: str, kwargs: Mapping[str, Any], message: str) -> JobResult:
-        """End, as ``expired``, a job whose message the broker lost (see ``worker.janitor``).
+        """End, as ``expired``, a job whose message the broker lost (``worker.consume.janitor``).
 
         Built from the task arguments the producer recorded, as a delivery of it would be;
         ``publish_final``'s SET NX makes it lose to any result a delivery already published.

@@ -7,13 +7,13 @@ import threading
 import redis
 
 from config.settings import Settings, get_settings
-from worker.client import Account, ScaleEngineClient
-from worker.http import SessionPool
-from worker.jobs import JobRunner
-from worker.jobstate import JobState
-from worker.ratelimit import ClusterLimiter, LimitConfig
-from worker.retry import RetryPolicy
-from worker.timestamps import TimestampClock, account_scope
+from worker.api.client import Account, ScaleEngineClient
+from worker.api.clock import TimestampClock, account_scope
+from worker.api.retry import RetryPolicy
+from worker.api.transport import SessionPool
+from worker.consume.runner import JobRunner
+from worker.store.jobs import JobState
+from worker.store.limiter import ClusterLimiter, LimitConfig
 
 _lock = threading.Lock()
 _runner: JobRunner | None = None

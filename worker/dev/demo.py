@@ -21,7 +21,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from worker.redis_server import EmbeddedRedis
+from worker.dev.embedded_redis import EmbeddedRedis
 
 DEMO_CDN = 1
 #: Fast retries so the demo shows them within seconds; the invariants of Settings still hold.
@@ -102,7 +102,7 @@ def run_demo(*, jobs: int = 40, concurrency: int = 8) -> int:
         secret = secrets.token_hex(32)
         api_key = "DEMO" + secrets.token_hex(14).upper()
 
-        from worker.sandbox import Sandbox
+        from worker.dev.sandbox import Sandbox
 
         sandbox = Sandbox(secret=secret, api_key=api_key, cdn=DEMO_CDN)
         sandbox.start()
@@ -137,8 +137,8 @@ def run_demo(*, jobs: int = 40, concurrency: int = 8) -> int:
             console.print(f"  fault on [cyan]{label}[/]: {text}")
 
         from config.settings import get_settings
-        from worker.producer import Producer
-        from worker.watch import follow
+        from worker.produce.producer import Producer
+        from worker.store.results_log import follow
 
         get_settings.cache_clear()
         producer = Producer()

@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from config.settings import is_loopback_host
-from worker.errors import InvalidTarget
-from worker.sandbox_http import (
+from worker.api.signing import CLOSE_COMMAND, signature
+from worker.dev.sandbox_http import (
     Handler,
     Reply,
     Server,
@@ -36,8 +36,8 @@ from worker.sandbox_http import (
     json_reply,
     text_reply,
 )
-from worker.signing import CLOSE_COMMAND, signature
-from worker.targets import Target
+from worker.errors import InvalidTarget
+from worker.model.targets import Target
 
 FAULT_KINDS = ("http_error", "slow", "rate_limit", "not_json", "refuse", "reset")
 REQUIRED_FIELDS = ("command", "api_key", "timestamp", "cdn")

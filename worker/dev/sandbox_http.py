@@ -1,6 +1,6 @@
 """The sandbox's HTTP layer: a threaded loopback server, its request handler, its replies.
 
-What the sandbox answers is decided in ``worker.sandbox`` (the ``Backend`` here); this module
+What the sandbox answers is decided in ``worker.dev.sandbox`` (the ``Backend`` here); this module
 only reads requests (bounded bodies, urlencoded or multipart forms) and writes replies,
 including a connection dropped with a TCP RST for the ``reset`` fault.
 """

@@ -1,7 +1,7 @@
 """The result schema: the one description of what every job's final message holds.
 
 Every job ends with exactly one ``JobResult``, published as JSON on the results channel and
-appended to its ``<channel>:log`` stream (see ``worker.jobstate``). README documents the same
+appended to its ``<channel>:log`` stream (see ``worker.store.jobs``). README documents the same
 fields; tests/test_results.py checks that README and this module agree.
 """
 
@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from worker.targets import Target
+from worker.model.targets import Target
 
 
 class Outcome(StrEnum):
@@ -108,7 +108,7 @@ class BatchSummary:
     """The one message a batch ends with, published after its last job's result.
 
     ``counts`` holds every outcome (zeros included) in ``Outcome`` order. The message is built
-    inside the Lua script that publishes the last job's result (``worker.batchstate``), from
+    inside the Lua script that publishes the last job's result (``worker.store.batches``), from
     ``BATCH_SUMMARY_FIELDS`` and the outcome names this module passes it.
     """
 

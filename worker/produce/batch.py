@@ -1,13 +1,13 @@
 """Mass reconnects as a Python API: read a target file, validate it all, enqueue one batch.
 
-Every line is validated before anything is enqueued (``worker.targetfile``); bad lines are
-reported by line number and stop the batch unless the caller skips them. A target named
+Every line is validated before anything is enqueued (``worker.produce.targetfile``); bad lines
+are reported by line number and stop the batch unless the caller skips them. A target named
 twice is closed once. The jobs of a batch are published through one
-kombu producer inside ``Producer.batch()``, several jobs to a message (``worker.chunks``): on
-Redis that is one pipelined round trip per thousand messages, on RabbitMQ plain publishes on
-one channel, which never wait for a reply.
+kombu producer inside ``Producer.batch()``, several jobs to a message
+(``worker.broker.messages``): on Redis that is one pipelined round trip per thousand
+messages, on RabbitMQ plain publishes on one channel, which never wait for a reply.
 
-    from worker.batch import reconnect, wait_for_batch
+    from worker.produce.batch import reconnect, wait_for_batch
     started = reconnect("targets.csv", rate=50)
     summary = wait_for_batch(started)
 """
@@ -27,18 +27,18 @@ import redis
 from celery import Celery
 
 from config.settings import Settings, get_settings
-from worker.app import CLOSE_MANY_TASK
-from worker.app import app as default_app
-from worker.batchstate import BatchState, check_batch_id
-from worker.chunks import chunk_kwargs, chunk_repr, chunk_sizes, split
+from worker.broker.app import CLOSE_MANY_TASK
+from worker.broker.app import app as default_app
+from worker.broker.messages import chunk_kwargs, chunk_repr, chunk_sizes, split
+from worker.consume.wiring import job_state, redis_client
 from worker.errors import StreamctlError
-from worker.jobstate import JobState
-from worker.producer import PUBLISH_RETRY_POLICY, EnqueueError, check_expires, close_kwargs
-from worker.results import Outcome
-from worker.runtime import job_state, redis_client
-from worker.targetfile import InvalidLines, TargetList, read_targets
-from worker.targets import CloseJob
-from worker.watch import follow
+from worker.model.results import Outcome
+from worker.model.targets import CloseJob
+from worker.produce.producer import PUBLISH_RETRY_POLICY, EnqueueError, check_expires, close_kwargs
+from worker.produce.targetfile import InvalidLines, TargetList, read_targets
+from worker.store.batches import BatchState, check_batch_id
+from worker.store.jobs import JobState
+from worker.store.results_log import follow
 
 #: Batch messages per pipelined round trip to a Redis broker.
 PUBLISH_CHUNK = 1000
@@ -159,7 +159,8 @@ class BatchSender:
                 for group in groups:
                     group_jobs = [job for chunk in group for job in chunk]
                     # Before publishing: a job whose message the broker loses still ends
-                    # (worker.janitor); group by group, so the first messages go out at once.
+                    # (worker.consume.janitor); group by group, so the first messages go out at
+                    # once.
                     self.jobs.record_pending(group_jobs)
                     self._publish_group(producer, group)
                     if not published:

@@ -17,12 +17,12 @@ from typing import Any
 from celery import Celery
 
 from config.settings import Settings, get_settings
-from worker.app import CLOSE_TASK
-from worker.app import app as default_app
+from worker.broker.app import CLOSE_TASK
+from worker.broker.app import app as default_app
+from worker.consume.wiring import job_state, redis_client
 from worker.errors import InvalidTarget, StreamctlError
-from worker.jobstate import CLAIM_TTL, JobState
-from worker.runtime import job_state, redis_client
-from worker.targets import CloseJob, check_origin_url
+from worker.model.targets import CloseJob, check_origin_url
+from worker.store.jobs import CLAIM_TTL, JobState
 
 #: Publishing gives up after about a second: a producer must learn at once that the broker is
 #: unreachable rather than hang, and nothing is half-enqueued.
@@ -137,7 +137,7 @@ class Producer:
             )
         try:
             # Recorded before the message exists, so that a message the broker loses still
-            # ends with a final result (worker.janitor); a failed enqueue removes it again.
+            # ends with a final result (worker.consume.janitor); a failed enqueue removes it again.
             self.state.record_pending([(job_id, kwargs)])
             self.app.send_task(
                 CLOSE_TASK,

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from worker.errors import InvalidTarget, StreamctlError
-from worker.targets import JOB_FIELDS, CloseJob
+from worker.model.targets import JOB_FIELDS, CloseJob
 
 #: Bad lines quoted in an error message; the rest are counted.
 MAX_QUOTED_ERRORS = 20

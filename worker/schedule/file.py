@@ -10,7 +10,7 @@ entry's name, so a typo is found at start, not at three in the morning.
 Run times are *slots* computed from the wall clock alone (``every = 600`` runs at unix times
 that are multiples of 600; a cron at the minutes it matches), never from when a scheduler
 started: two schedulers therefore agree on which run is due, and a per-slot key in Redis lets
-only one of them enqueue it (``worker.beat``).
+only one of them enqueue it (``worker.schedule.scheduler``).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from config.settings import parse_rate
 from worker.errors import ConfigError, InvalidTarget, StreamctlError
-from worker.targets import CloseJob
+from worker.model.targets import CloseJob
 
 #: Entry names go into Redis keys, task ids and batch ids (``<name>.<slot>``, at most 64).
 ENTRY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,39}$")
@@ -65,10 +65,10 @@ class TargetSource:
     def jobs(self) -> list[CloseJob]:
         """The entry's validated jobs, each target once, in the order given.
 
-        Read and validated as ``streamctl reconnect`` does (``worker.batch``); any bad line or
-        target raises InvalidTarget naming it: a schedule never skips targets silently.
+        Read and validated as ``streamctl reconnect`` does (``worker.produce.batch``); any bad line
+        or target raises InvalidTarget naming it: a schedule never skips targets silently.
         """
-        from worker.targetfile import read_targets, validate
+        from worker.produce.targetfile import read_targets, validate
 
         if self.file is not None:
             targets = read_targets(self.file)

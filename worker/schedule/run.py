@@ -12,10 +12,10 @@ import logging
 from typing import Any
 
 from config.settings import Settings, get_settings
-from worker.batch import BatchSender
-from worker.batchstate import NoSuchBatch
 from worker.errors import StreamctlError
-from worker.schedules import load_schedule
+from worker.produce.batch import BatchSender
+from worker.schedule.file import load_schedule
+from worker.store.batches import NoSuchBatch
 
 #: The stable name beat sends; defined in ``tasks.schedule``.
 SCHEDULE_TASK = "streamctl.schedule.run"

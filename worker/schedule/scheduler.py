@@ -30,10 +30,10 @@ import redis
 from celery.beat import Scheduler
 
 from config.settings import get_settings
-from worker.producer import PUBLISH_RETRY_POLICY
-from worker.runtime import redis_client
-from worker.schedule_run import SCHEDULE_TASK
-from worker.schedules import Schedule, ScheduleEntry, load_schedule
+from worker.consume.wiring import redis_client
+from worker.produce.producer import PUBLISH_RETRY_POLICY
+from worker.schedule.file import Schedule, ScheduleEntry, load_schedule
+from worker.schedule.run import SCHEDULE_TASK
 
 LOCK_KEY = "streamctl:beat:lock"
 RUN_KEY = "streamctl:schedule:run:{entry}:{slot}"

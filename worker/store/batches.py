@@ -6,7 +6,7 @@ and a hash ``streamctl:batch:<id>:jobs`` of job id -> target, kept for ``--retry
 Both live as long as the jobs' results (STREAMCTL_RESULT_TTL).
 
 Counting happens inside the Lua script that publishes a job's final result (see
-``worker.jobstate``), in the branch that only runs when the result was new: a redelivered job
+``worker.store.jobs``), in the branch that only runs when the result was new: a redelivered job
 is counted once, and exactly one job — the one that brings ``done`` to ``total`` — publishes
 the batch summary.
 """
@@ -23,7 +23,7 @@ from typing import Any
 import redis
 
 from worker.errors import StreamctlError
-from worker.results import BATCH_SUMMARY_FIELDS, BatchSummary, Outcome, isoformat
+from worker.model.results import BATCH_SUMMARY_FIELDS, BatchSummary, Outcome, isoformat
 
 _PREFIX = "streamctl:batch"
 #: A batch id goes into Redis keys and messages: keep it short and plain.
@@ -32,7 +32,7 @@ BATCH_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
 NO_BATCH_KEY = f"{_PREFIX}:-"
 _WRITE_CHUNK = 1000
 
-#: Lua, run by ``worker.jobstate``'s publish script once a job's result is new. Uses KEYS[2]
+#: Lua, run by ``worker.store.jobs``'s publish script once a job's result is new. Uses KEYS[2]
 #: (the results log), KEYS[3] (the batch hash) and ARGV[2] (channel), ARGV[4] (log length),
 #: ARGV[5] (the job's outcome), ARGV[6] (its finished_at), ARGV[7] (the batch id), ARGV[8]
 #: (the summary's field names, JSON) and ARGV[9] (the outcome names, JSON). The summary is

@@ -10,7 +10,7 @@ Two rules keep that safe:
 Delivery can also lose a message outright: kombu's Redis transport pops it (BRPOP) before it
 records it as unacknowledged, so a worker killed in between takes it along. Producers therefore
 record every job they enqueue as pending (``PENDING_KEY``, scored by its expiry, its task
-arguments in ``PENDING_DATA_KEY``); the publish script drops it, and ``worker.janitor`` ends
+arguments in ``PENDING_DATA_KEY``); the publish script drops it, and ``worker.consume.janitor`` ends
 the ones still pending well past their expiry.
 """
 
@@ -23,8 +23,8 @@ from typing import Any
 
 import redis
 
-from worker.batchstate import COUNT_IN_BATCH_LUA, OUTCOMES_JSON, SUMMARY_FIELDS_JSON, batch_key
-from worker.results import Attempt, JobResult
+from worker.model.results import Attempt, JobResult
+from worker.store.batches import COUNT_IN_BATCH_LUA, OUTCOMES_JSON, SUMMARY_FIELDS_JSON, batch_key
 
 _PREFIX = "streamctl:job"
 #: Jobs enqueued and not yet ended: job id -> its expires_at.

@@ -30,11 +30,11 @@ from dataclasses import dataclass
 import redis
 
 from config.settings import Settings
-from worker import metrics
-from worker.batchstate import batch_key
-from worker.client import Permit, SendContext
+from worker.api.client import Permit, SendContext
+from worker.api.clock import CLAIM_FUNCTION, CLAIM_TTL_SECONDS
 from worker.errors import ApiBusy, ApiError, JobCancelled, JobExpired, Throttled
-from worker.timestamps import CLAIM_FUNCTION, CLAIM_TTL_SECONDS
+from worker.store.batches import batch_key
+from worker.telemetry import metrics
 
 log = logging.getLogger("streamctl.ratelimit")
 
@@ -46,7 +46,7 @@ GO, FULL, THROTTLED, CANCELLED, TOO_LATE = range(5)
 
 # Times are integer microseconds from Redis's own clock, so workers' clocks do not matter.
 # KEYS: cluster TAT, busy-until, in-flight leases, the batch hash, the batch TAT, the job slot,
-#       and optionally the target's timestamp key (worker.timestamps), claimed on a go.
+#       and optionally the target's timestamp key (worker.api.clock), claimed on a go.
 # ARGV: cluster interval, burst, busy interval, max in flight (0: none), lease id, lease length,
 #       longest wait the caller will sleep, latest send time (0: none), slot key lifetime (ms),
 #       the local time in seconds to claim a timestamp from, the timestamp key's lifetime.

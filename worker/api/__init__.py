@@ -1,0 +1,1 @@
+"""Talking to the ScaleEngine API: PHP-compatible JSON, signing, timestamps, HTTP, retries."""

@@ -1,0 +1,1 @@
+"""The Celery app, its batch messages, and guards against kombu/Celery faults."""

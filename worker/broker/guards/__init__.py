@@ -1,0 +1,1 @@
+"""Patches that keep a worker alive through broker faults the fault suite found."""

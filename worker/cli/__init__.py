@@ -1,0 +1,1 @@
+"""The ``streamctl`` command (``python -m worker.cli``)."""

@@ -1,0 +1,5 @@
+"""``python -m worker.cli``: the ``streamctl`` command."""
+
+from worker.cli.main import main
+
+main()

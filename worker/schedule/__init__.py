@@ -1,0 +1,1 @@
+"""Scheduled reconnects: the schedule file, the locked beat scheduler, one due run."""
