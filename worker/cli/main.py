@@ -182,7 +182,7 @@ def worker(
 def watch(since: str | None) -> None:
     """Print results as JSON lines as they arrive."""
     from config.settings import get_settings
-    from worker.consume.wiring import redis_client
+    from worker.store.redis import redis_client
     from worker.store.results_log import follow
 
     settings = get_settings()

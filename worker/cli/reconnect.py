@@ -182,8 +182,8 @@ def _print_summary(err: Console, summary: dict[str, Any]) -> None:
 def batch(batch_id: str, cancel: bool) -> None:
     """Show a batch's progress, or its summary once it ended (JSON)."""
     from config.settings import get_settings
-    from worker.consume.wiring import redis_client
     from worker.store.batches import BatchState
+    from worker.store.redis import redis_client
 
     settings = get_settings()
     state = BatchState(redis_client(settings), ttl_seconds=settings.result_ttl)

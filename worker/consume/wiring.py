@@ -4,52 +4,17 @@ from __future__ import annotations
 
 import threading
 
-import redis
-
 from config.settings import Settings, get_settings
 from worker.api.client import Account, ScaleEngineClient
 from worker.api.clock import TimestampClock, account_scope
 from worker.api.retry import RetryPolicy
 from worker.api.transport import SessionPool
 from worker.consume.runner import JobRunner
-from worker.store.jobs import JobState
 from worker.store.limiter import ClusterLimiter, LimitConfig
+from worker.store.redis import job_state, redis_client
 
 _lock = threading.Lock()
 _runner: JobRunner | None = None
-
-
-#: Seconds a thread waits for a free pooled Redis connection before it is an error.
-POOL_WAIT = 10.0
-
-
-def redis_client(settings: Settings) -> redis.Redis:
-    """A Redis client for state and results, its pool sized for a threaded worker.
-
-    A blocking pool: a thread beyond the pool's size waits for a connection instead of failing
-    the job with "Too many connections" (a worker started with more threads than
-    STREAMCTL_WORKER_CONCURRENCY, by ``celery worker -c``, say, must still work).
-    """
-    pool = redis.BlockingConnectionPool.from_url(
-        settings.redis_url,
-        max_connections=settings.worker_concurrency + 8,
-        timeout=POOL_WAIT,
-        health_check_interval=30,
-        socket_connect_timeout=5,
-        socket_timeout=10,
-        retry_on_timeout=True,
-    )
-    return redis.Redis(connection_pool=pool)
-
-
-def job_state(settings: Settings, client: redis.Redis | None = None) -> JobState:
-    return JobState(
-        client or redis_client(settings),
-        channel=settings.results_channel,
-        log_stream=settings.results_log,
-        log_maxlen=settings.results_log_maxlen,
-        ttl_seconds=settings.result_ttl,
-    )
 
 
 def build_runner(settings: Settings) -> JobRunner:

@@ -30,7 +30,6 @@ from config.settings import Settings, get_settings
 from worker.broker.app import CLOSE_MANY_TASK
 from worker.broker.app import app as default_app
 from worker.broker.messages import chunk_kwargs, chunk_repr, chunk_sizes, split
-from worker.consume.wiring import job_state, redis_client
 from worker.errors import StreamctlError
 from worker.model.results import Outcome
 from worker.model.targets import CloseJob
@@ -38,6 +37,7 @@ from worker.produce.producer import PUBLISH_RETRY_POLICY, EnqueueError, check_ex
 from worker.produce.targetfile import InvalidLines, TargetList, read_targets
 from worker.store.batches import BatchState, check_batch_id
 from worker.store.jobs import JobState
+from worker.store.redis import job_state, redis_client
 from worker.store.results_log import follow
 
 #: Batch messages per pipelined round trip to a Redis broker.

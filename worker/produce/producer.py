@@ -19,10 +19,10 @@ from celery import Celery
 from config.settings import Settings, get_settings
 from worker.broker.app import CLOSE_TASK
 from worker.broker.app import app as default_app
-from worker.consume.wiring import job_state, redis_client
 from worker.errors import InvalidTarget, StreamctlError
 from worker.model.targets import CloseJob, check_origin_url
 from worker.store.jobs import CLAIM_TTL, JobState
+from worker.store.redis import job_state, redis_client
 
 #: Publishing gives up after about a second: a producer must learn at once that the broker is
 #: unreachable rather than hang, and nothing is half-enqueued.

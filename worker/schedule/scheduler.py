@@ -30,10 +30,10 @@ import redis
 from celery.beat import Scheduler
 
 from config.settings import get_settings
-from worker.consume.wiring import redis_client
 from worker.produce.producer import PUBLISH_RETRY_POLICY
 from worker.schedule.file import Schedule, ScheduleEntry, load_schedule
 from worker.schedule.run import SCHEDULE_TASK
+from worker.store.redis import redis_client
 
 LOCK_KEY = "streamctl:beat:lock"
 RUN_KEY = "streamctl:schedule:run:{entry}:{slot}"
