@@ -69,7 +69,7 @@ def unique_target(prefix: str) -> dict[str, str]:
 
 
 def make_app(settings: Settings, queue: str | None = None) -> Celery:
-    """A Celery app like ``worker.app.app`` but bound to ``settings``' broker."""
+    """A Celery app like ``worker.broker.app.app`` but bound to ``settings``' broker."""
     app = Celery("streamctl", set_as_current=False)
     app.config_from_object("config.celeryconfig")
     app.conf.update(broker_url=settings.broker_url, result_backend=settings.redis_url)

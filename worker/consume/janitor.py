@@ -14,8 +14,8 @@ later, and its result is published right after. ``STREAMCTL_JANITOR_GRACE`` adds
 clock skew between hosts and a slow publish.
 
 Every worker runs a sweep each ``STREAMCTL_JANITOR_INTERVAL`` seconds in a daemon thread
-(started by ``worker.app``). A short Redis lock lets one sweep per interval run in the whole
-cluster; two at once would still be safe (``SET NX``), only wasted work.
+(started by ``worker.consume.boot``). A short Redis lock lets one sweep per interval run in the
+whole cluster; two at once would still be safe (``SET NX``), only wasted work.
 """
 
 from __future__ import annotations

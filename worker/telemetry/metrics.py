@@ -1,10 +1,10 @@
 """Prometheus metrics of a worker: job outcomes, HTTP attempts, API latency, rate-limiter waits.
 
 The exporter runs only when ``STREAMCTL_METRICS_PORT`` is set; it is started once per worker
-process (see ``worker.app``). Every name has the ``streamctl_`` prefix so that our metrics sit
-beside Flower's own ``/metrics`` (``flower_*``) in one Prometheus without clashing. Labels carry
-outcomes, HTTP statuses and error class names only: never a target (unbounded cardinality)
-and never anything from a request body.
+process (see ``worker.consume.boot``). Every name has the ``streamctl_`` prefix so that our
+metrics sit beside Flower's own ``/metrics`` (``flower_*``) in one Prometheus without clashing.
+Labels carry outcomes, HTTP statuses and error class names only: never a target (unbounded
+cardinality) and never anything from a request body.
 """
 
 from __future__ import annotations
