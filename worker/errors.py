@@ -11,16 +11,12 @@ built from the response, the target and the HTTP status only.
 
 from __future__ import annotations
 
-
-class StreamctlError(Exception):
-    """Base of every error raised by streamctl itself."""
-
+# The root and ConfigError are defined beside the settings, which raise it (config/ imports
+# nothing from worker/); they are the same classes here.
+from config.errors import ConfigError as ConfigError
+from config.errors import StreamctlError as StreamctlError
 
 # --- configuration and input -------------------------------------------------------------
-
-
-class ConfigError(StreamctlError):
-    """A setting is missing or malformed; the message names the environment variable."""
 
 
 class InvalidTarget(StreamctlError, ValueError):
