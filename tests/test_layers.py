@@ -1,0 +1,264 @@
+"""The layers of worker/ (issue #11), checked from the code's own imports.
+
+Every module of ``worker/``, ``config/`` and ``tasks/`` is parsed with ``ast``: its imports at
+any depth (function-level ones too) and the string links that name a module of ours (Celery's
+``Strategy`` path, ``config_from_object``, ``PRELOADED_FOR_WORKERS``...). A module may use its
+own layer and any lower one, never a higher one, nor a sibling on the same floor (``produce``
+and ``consume``). Every module must belong to a layer: a new one has to be placed in ``LAYERS``.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import tomllib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SOURCES = ("worker", "config", "tasks")
+
+#: From the top floor down; a floor may hold sibling layers that must not use each other.
+LAYERS: tuple[tuple[str, ...], ...] = (
+    ("cli",),
+    ("dev",),
+    ("tasks",),
+    ("schedule",),
+    ("produce", "consume"),
+    ("broker",),
+    ("store",),
+    ("api",),
+    ("telemetry",),
+    ("model",),
+    ("errors",),
+    ("config",),
+)
+#: Packages whose modules all belong to one layer.
+PACKAGES = {
+    "worker.cli": "cli",
+    "worker.dev": "dev",
+    "tasks": "tasks",
+    "worker.schedule": "schedule",
+    "worker.produce": "produce",
+    "worker.consume": "consume",
+    "worker.broker": "broker",
+    "worker.store": "store",
+    "worker.api": "api",
+    "worker.telemetry": "telemetry",
+    "worker.model": "model",
+    "config": "config",
+}
+#: Single modules outside those packages.
+MODULES = {
+    "worker": "errors",  # the empty package itself
+    "worker.errors": "errors",
+    "worker.app": "broker",  # the shim for ``celery -A worker.app``
+}
+FLOOR = {layer: floor for floor, layers in enumerate(LAYERS) for layer in layers}
+
+
+@dataclass(frozen=True)
+class Link:
+    source: str
+    target: str
+    line: int
+    kind: str  # "import" or "string"
+
+
+def module_files() -> dict[str, Path]:
+    found = {}
+    for top in SOURCES:
+        for path in sorted((ROOT / top).rglob("*.py")):
+            parts = list(path.relative_to(ROOT).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts.pop()
+            found[".".join(parts)] = path
+    return found
+
+
+MODULE_FILES = module_files()
+
+
+def layer_of(module: str) -> str | None:
+    if module in MODULES:
+        return MODULES[module]
+    for package, layer in sorted(PACKAGES.items(), key=lambda item: -len(item[0])):
+        if module == package or module.startswith(package + "."):
+            return layer
+    return None
+
+
+def ours(name: str) -> str | None:
+    """The module of ours that ``name`` (a module, or a module's attribute) is, if any."""
+    while name:
+        if name in MODULE_FILES:
+            return name
+        name = name.rpartition(".")[0]
+    return None
+
+
+def entry_point_strings(tree: ast.AST, module: str) -> set[int]:
+    """Ids of the string constants that start code rather than import it.
+
+    ``config.celeryconfig``'s ``imports`` lists the task modules a worker loads as it starts:
+    the entry points, named by string so that nothing below imports them. ``[..., "-m", X]``
+    starts module X in a new process (the demo starts a worker as a user would).
+    """
+    exempt: set[int] = set()
+    for node in ast.walk(tree):
+        if (
+            module == "config.celeryconfig"
+            and isinstance(node, ast.Assign)
+            and any(isinstance(t, ast.Name) and t.id == "imports" for t in node.targets)
+        ):
+            exempt.update(id(c) for c in ast.walk(node.value) if isinstance(c, ast.Constant))
+        if isinstance(node, ast.List | ast.Tuple):
+            for before, item in zip(node.elts, node.elts[1:], strict=False):
+                if isinstance(before, ast.Constant) and before.value == "-m":
+                    exempt.add(id(item))
+    return exempt
+
+
+def links_of(module: str, source: str, *, with_entry_points: bool = False) -> Iterator[Link]:
+    tree = ast.parse(source)
+    package = module if MODULE_FILES.get(module, Path()).name == "__init__.py" else None
+    package = package or module.rpartition(".")[0]
+    exempt = set() if with_entry_points else entry_point_strings(tree, module)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*anchor, base] if base else anchor)
+            names = [f"{base}.{alias.name}" for alias in node.names]
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+            if id(node) in exempt or "." not in node.value or " " in node.value:
+                continue
+            target = ours(node.value.partition(":")[0])
+            if target is not None and node.value.partition(":")[0] == target:
+                yield Link(module, target, node.lineno, "string")
+            continue
+        else:
+            continue
+        for name in names:
+            target = ours(name)
+            if target is not None and target != module:
+                yield Link(module, target, node.lineno, "import")
+
+
+def all_links() -> list[Link]:
+    return [
+        link
+        for module, path in MODULE_FILES.items()
+        for link in links_of(module, path.read_text(encoding="utf-8"))
+    ]
+
+
+def violations(links: list[Link]) -> list[str]:
+    found = []
+    for link in links:
+        source, target = layer_of(link.source), layer_of(link.target)
+        assert source is not None and target is not None, link
+        if source == target or FLOOR[target] > FLOOR[source]:
+            continue
+        found.append(
+            f"{link.source}:{link.line} ({source}) {link.kind} {link.target} ({target})"
+        )
+    return found
+
+
+def test_every_module_has_a_layer() -> None:
+    assert [module for module in MODULE_FILES if layer_of(module) is None] == []
+
+
+def test_no_module_uses_a_higher_or_sibling_layer() -> None:
+    links = all_links()
+    assert len(links) > 100  # the imports were read
+    assert violations(links) == []
+
+
+def test_config_uses_nothing_of_worker() -> None:
+    config_links = [link for link in all_links() if link.source.startswith("config")]
+    assert config_links  # config.celeryconfig imports config.settings
+    assert [link for link in config_links if not link.target.startswith("config")] == []
+    # Nor by a string Celery imports: its task modules are tasks.*, never worker.*.
+    import config.celeryconfig
+
+    assert [name for name in config.celeryconfig.imports if not name.startswith("tasks.")] == []
+
+
+def test_production_code_never_uses_dev() -> None:
+    production = [
+        link
+        for link in all_links()
+        if layer_of(link.source) not in ("dev", "cli") and layer_of(link.target) == "dev"
+    ]
+    assert production == []
+
+
+@pytest.mark.parametrize(
+    ("module", "source", "expected"),
+    [
+        # A function-level import upward, from the model.
+        ("worker.model.targets", "def f():\n    from worker.cli.main import main\n", 1),
+        # A string link naming dev from production code.
+        ("worker.store.jobs", 'X = "worker.dev.sandbox:Sandbox"\n', 1),
+        # Siblings on one floor.
+        ("worker.produce.batch", "from worker.consume import runner\n", 1),
+        # config reaching into worker.
+        ("config.settings", "from worker.errors import ConfigError\n", 1),
+        # A relative import, downward: allowed.
+        ("worker.api.client", "from ..model import targets\n", 0),
+        # A subprocess entry (python -m), not an import.
+        ("worker.dev.demo", 'ARGV = ["python", "-m", "worker.cli", "worker"]\n', 0),
+    ],
+)
+def test_the_check_catches_what_it_must(module: str, source: str, expected: int) -> None:
+    assert len(violations(list(links_of(module, source)))) == expected
+
+
+# --- string links resolve ------------------------------------------------------------------
+
+
+def resolve(link: str) -> Any:
+    module_name, _, attribute = link.partition(":")
+    module = importlib.import_module(module_name)
+    return getattr(module, attribute) if attribute else module
+
+
+def test_every_string_link_of_ours_resolves() -> None:
+    strings = {
+        link.target
+        for module, path in MODULE_FILES.items()
+        for link in links_of(module, path.read_text(encoding="utf-8"), with_entry_points=True)
+        if link.kind == "string"
+    }
+    assert {"config.celeryconfig", "worker.broker.guards.task_body", "tasks.close"} <= strings
+    for name in sorted(strings):
+        resolve(name)
+
+
+def test_celery_and_entry_point_links_resolve() -> None:
+    import config.celeryconfig
+    from tasks.close import _OPTIONS, close_stream
+    from worker.cli.main import PRELOADED_FOR_WORKERS
+
+    for name in config.celeryconfig.imports:
+        resolve(name)
+    strategy = _OPTIONS["Strategy"]
+    assert callable(resolve(strategy))
+    assert close_stream.Strategy == strategy
+    for name in PRELOADED_FOR_WORKERS:
+        resolve(name)
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert callable(resolve(scripts["streamctl"]))
+    # ``celery -A worker.app`` (README, tests): the shim gives the broker's app.
+    from worker.broker.app import app
+
+    assert resolve("worker.app:app") is app
