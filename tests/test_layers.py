@@ -167,9 +167,7 @@ def violations(links: list[Link]) -> list[str]:
         assert source is not None and target is not None, link
         if source == target or FLOOR[target] > FLOOR[source]:
             continue
-        found.append(
-            f"{link.source}:{link.line} ({source}) {link.kind} {link.target} ({target})"
-        )
+        found.append(f"{link.source}:{link.line} ({source}) {link.kind} {link.target} ({target})")
     return found
 
 
