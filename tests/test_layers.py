@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import ast
 import importlib
+import subprocess
+import sys
 import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -260,3 +262,23 @@ def test_celery_and_entry_point_links_resolve() -> None:
     from worker.broker.app import app
 
     assert resolve("worker.app:app") is app
+
+
+# --- the worker's start hooks ----------------------------------------------------------------
+
+
+def loaded_after(statement: str) -> set[str]:
+    """Our modules loaded in a fresh interpreter by ``statement``."""
+    code = f"import sys\n{statement}\nprint(' '.join(sys.modules))"
+    run = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    return {name for name in run.stdout.split() if ours(name)}
+
+
+def test_the_task_modules_load_the_start_hooks_and_the_broker_app_does_not() -> None:
+    # A worker imports its task modules (config.celeryconfig's imports) before worker_init.
+    assert "worker.consume.boot" in loaded_after("import tasks.close")
+    # A producer imports the app only: none of the worker's side.
+    producer = loaded_after("import worker.app; import worker.produce.producer")
+    assert [name for name in producer if layer_of(name) in ("consume", "tasks", "dev")] == []
