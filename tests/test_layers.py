@@ -246,21 +246,22 @@ def test_every_string_link_of_ours_resolves() -> None:
 
 def test_celery_and_entry_point_links_resolve() -> None:
     import config.celeryconfig
-    from tasks.close import _OPTIONS, close_stream
+    from tasks.close import close_many, close_stream
+    from worker.broker.app import app
     from worker.cli.main import PRELOADED_FOR_WORKERS
 
     for name in config.celeryconfig.imports:
         resolve(name)
-    strategy = _OPTIONS["Strategy"]
-    assert callable(resolve(strategy))
-    assert close_stream.Strategy == strategy
+    # The task base class and the strategy Celery builds each task's consumer with, by string.
+    assert isinstance(resolve(app.task_cls), type)
+    for task in (close_stream, close_many):
+        assert task.Strategy.startswith("worker.broker.guards.task_body:")
+        assert callable(resolve(task.Strategy))
     for name in PRELOADED_FOR_WORKERS:
         resolve(name)
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     assert callable(resolve(scripts["streamctl"]))
     # ``celery -A worker.app`` (README, tests): the shim gives the broker's app.
-    from worker.broker.app import app
-
     assert resolve("worker.app:app") is app
 
 
