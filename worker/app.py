@@ -7,7 +7,8 @@ from celery import Celery, signals
 from worker import brokerfix
 
 brokerfix.install()  # keeps a worker alive through a Redis restart (see worker.brokerfix)
-app = Celery("streamctl")
+# The base class of every task the app registers: a malformed message is dropped, not fatal.
+app = Celery("streamctl", task_cls="worker.taskstrategy:GuardedTask")
 app.config_from_object("config.celeryconfig")
 
 #: The stable task name; producers in any language enqueue by it.
