@@ -56,6 +56,8 @@ def test_install_works_on_the_installed_kombu(redis_url: str) -> None:
     assert channel._connparams is brokerfix._connparams
     assert channel._brpop_read is brokerfix._brpop_read
     assert channel.Message.__name__ == "_CheckedMessage"
+    assert channel.Message.__mro__[1] is brokerfix._originals["Message"]  # wrapped once
+    assert brokerfix._originals["_connparams"] is not brokerfix._connparams
     # A message goes through the guarded transport, both ways, on a real Redis.
     queue_name = f"brokerfix-test-{uuid.uuid4().hex[:8]}"
     with kombu.Connection(redis_url) as connection:

@@ -42,7 +42,7 @@ PATCHED = ("_connparams", "_brpop_read", "Message")
 #: The kombu the guards were written and tested against (tests/faults/).
 TESTED_WITH = "5.7"
 
-#: Kombu's own versions of the patched names, kept by ``install``.
+#: Kombu's own versions of the patched names, and the Channel class they were taken from.
 _originals: dict[str, Any] = {}
 
 
@@ -104,10 +104,10 @@ def _accepts(function: Callable[..., Any], argument: str) -> bool:
 def install() -> None:
     """Put the guards in place (idempotent); IncompatibleDependency if kombu lacks a name."""
     channel: Any = kombu_redis.Channel
-    if getattr(channel, "_connparams", None) is _connparams:
+    if _originals.get("Channel") is channel:
         return
     check_patchable(channel)
-    _originals.update({name: getattr(channel, name) for name in PATCHED})
+    _originals.update({name: getattr(channel, name) for name in PATCHED}, Channel=channel)
     channel._connparams = _connparams
     channel._brpop_read = _brpop_read
     channel.Message = _checked_message(channel.Message)
