@@ -14,12 +14,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 
 from config.settings import load_settings
 from tests.conftest import WorkerProcess
 from tests.test_health import statuses
 from worker.errors import ConfigError
-from worker.redis_policy import redis_urls, require_no_eviction
+from worker.redis_policy import check_url, redis_urls, require_no_eviction
 from worker.redis_server import EmbeddedRedis, free_port
 
 FIX = "CONFIG SET maxmemory-policy noeviction"
@@ -39,6 +40,10 @@ def servers() -> Iterator[dict[str, EmbeddedRedis]]:
     try:
         for name, args in cases.items():
             started[name] = EmbeddedRedis(extra_args=args).start()
+        # A Redis whose ACL denies CONFIG to the user streamctl connects as (NOPERM).
+        started["acl-denied"] = EmbeddedRedis(extra_args=cases["allkeys-lru"]).start()
+        with redis.Redis.from_url(started["acl-denied"].url) as client:
+            client.acl_setuser("default", enabled=True, commands=["-config"])
         master = started["allkeys-lru"]
         started["replica"] = EmbeddedRedis(
             extra_args=("--replicaof", "127.0.0.1", str(master.port))
@@ -196,3 +201,10 @@ def test_a_redis_that_does_not_answer_is_a_warning_at_start(
     with caplog.at_level(logging.WARNING, logger="streamctl.redis"):
         require_no_eviction(settings)  # Celery itself waits for a broker that is down
     assert "maxmemory-policy not checked" in caplog.text and "REDIS_URL" in caplog.text
+
+
+def test_a_policy_the_acl_hides_is_a_warning(servers: dict[str, EmbeddedRedis]) -> None:
+    finding = check_url(servers["acl-denied"].url)
+    assert finding.status == "warn", finding
+    assert "could not read maxmemory-policy" in finding.detail
+    assert "noeviction" in finding.detail  # what to make sure of, where it cannot be read
