@@ -81,7 +81,7 @@ def _judge(client: redis.Redis) -> PolicyFinding:
     try:
         found = client.config_get("maxmemory-policy")
     except redis.ResponseError as exc:  # renamed or denied (ACL): a managed Redis, often
-        reason = str(exc).splitlines()[0][:80] if str(exc) else type(exc).__name__
+        reason = str(exc).splitlines()[0][:80].strip() if str(exc) else type(exc).__name__
         return PolicyFinding(
             "warn",
             f"could not read maxmemory-policy (CONFIG GET refused: {reason}); "
