@@ -7,8 +7,38 @@ from celery import Celery, signals
 from worker import brokerfix
 
 brokerfix.install()  # keeps a worker alive through a Redis restart (see worker.brokerfix)
-app = Celery("streamctl")
+# The base class of every task the app registers: a malformed message is dropped, not fatal.
+app = Celery("streamctl", task_cls="worker.taskstrategy:GuardedTask")
 app.config_from_object("config.celeryconfig")
+
+#: Exit code of a worker that refuses to start on a Redis that may evict (a configuration error).
+EVICTING_REDIS_EXIT = 2
+_redis_policy_checked = False
+
+
+def refuse_evicting_redis(**_: object) -> None:
+    """Exit (code 2) before serving if a Redis the worker uses may evict keys (see
+    ``worker.redis_policy``). Once a process: forked worker processes inherit the parent's check.
+
+    On ``worker_init``, first of the hooks, for ``streamctl worker`` and ``celery worker`` alike.
+    A plain exception would not do: Celery logs what a signal handler raises and starts anyway.
+    """
+    global _redis_policy_checked
+    if _redis_policy_checked:
+        return
+    from config.settings import get_settings
+    from worker.errors import ConfigError
+    from worker.redis_policy import log, require_no_eviction
+
+    try:
+        require_no_eviction(get_settings())
+    except ConfigError as exc:
+        log.critical("refusing to start: %s", exc, extra={"event": "redis_policy_refused"})
+        raise SystemExit(EVICTING_REDIS_EXIT) from None
+    _redis_policy_checked = True
+
+
+signals.worker_init.connect(refuse_evicting_redis, weak=False)
 
 #: The stable task name; producers in any language enqueue by it.
 CLOSE_TASK = "scaleengine.stream.close"

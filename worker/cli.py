@@ -158,11 +158,14 @@ def worker(
         app.worker_main(argv=argv)
         return
 
+    from worker.app import refuse_evicting_redis
     from worker.processes import child_argv, supervise
 
     # Imported before forking, so that every process shares them (see worker.processes): the
     # tasks, and what Celery's worker command imports only once it runs.
     app.loader.import_default_modules()
+    # Checked once, here: a child that refused would only be restarted by the supervisor.
+    refuse_evicting_redis()
     for module in PRELOADED_FOR_WORKERS:
         importlib.import_module(module)
 

@@ -23,6 +23,10 @@ class ConfigError(StreamctlError):
     """A setting is missing or malformed; the message names the environment variable."""
 
 
+class IncompatibleDependency(StreamctlError):
+    """An installed package lacks what streamctl relies on; the message names it and its version."""
+
+
 class InvalidTarget(StreamctlError, ValueError):
     """A close-stream job names no valid target (outcome ``rejected``, never sent)."""
 
