@@ -131,3 +131,13 @@ class CloseJob:
             target=Target.parse(fields),
             origin_url=None if origin is None else check_origin_url(origin),
         )
+
+    def as_fields(self) -> dict[str, str | int]:
+        """The job's request fields: its target's, and origin_url when given.
+
+        They are what makes two jobs the same request (a job id's idempotency rule).
+        """
+        fields = self.target.as_fields()
+        if self.origin_url is not None:
+            fields["origin_url"] = self.origin_url
+        return fields
