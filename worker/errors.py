@@ -31,6 +31,13 @@ class InvalidTarget(StreamctlError, ValueError):
     """A close-stream job names no valid target (outcome ``rejected``, never sent)."""
 
 
+class IdempotencyConflict(StreamctlError):
+    """A job id given again with other fields: it names the first job, so nothing is enqueued.
+
+    Not an ``EnqueueError``: trying again later will not help, the caller needs a new job id.
+    """
+
+
 # --- talking to the API --------------------------------------------------------------------
 
 
