@@ -109,7 +109,8 @@ class ScaleEngineClient:
         """Close ``job``'s stream, retrying transient failures within ``deadline`` seconds.
 
         Raises the last ApiError when the API refused or the retries ran out, and JobExpired
-        when ``expires_at`` (unix time) passes before a request could be sent.
+        when ``expires_at`` (unix time) passes before a request could be sent, or at once when
+        the target's next timestamp lies beyond it.
         """
         resigned = False
         timestamp_key = self._clock.key(job.target.key)
