@@ -9,6 +9,7 @@ READONLY.
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import time
@@ -115,11 +116,24 @@ def test_read_only_redis_is_really_read_only(fleet: Cluster, new_master: Embedde
         fleet.redis.lpush("streamctl", "x")
 
 
-def test_sigterm_is_a_requested_shutdown_and_exits_0(fleet: Cluster) -> None:
-    worker = WorkerProcess(fleet.root / "worker.log", concurrency=2, env=fleet.env).start()
+@pytest.mark.parametrize(
+    ("args", "signum", "expected"),
+    [
+        ((), signal.SIGTERM, 0),  # a warm shutdown
+        ((), signal.SIGQUIT, 0),  # a cold one (celery worker exits 0 after it too)
+        (("--processes", "2"), signal.SIGQUIT, 0),  # the group says the same
+    ],
+    ids=["sigterm", "sigquit", "sigquit-group"],
+)
+def test_a_requested_shutdown_exits_as_celery_worker_does(
+    fleet: Cluster, args: tuple[str, ...], signum: int, expected: int
+) -> None:
+    worker = WorkerProcess(fleet.root / "worker.log", concurrency=2, env=fleet.env, args=args)
+    worker.start()
+    time.sleep(1)  # every process of a group past its start (the first "ready." is one's)
     assert worker.process is not None
-    worker.process.terminate()
+    worker.process.send_signal(signum)
     try:
-        assert worker.process.wait(timeout=20) == 0, worker.log()[-2000:]
+        assert worker.process.wait(timeout=20) == expected, worker.log()[-2000:]
     finally:
         worker.kill()

@@ -68,8 +68,9 @@ def _numbered(nodename: str, index: int) -> str:
 def supervise(processes: int, run_child: Callable[[int], int]) -> int:
     """Fork ``processes`` children running ``run_child(index)``; return when all have ended.
 
-    Returns 0 after a requested shutdown (SIGTERM, SIGINT, SIGQUIT), else the exit status of
-    the child whose crash loop stopped the group (128 + N for a child killed by signal N).
+    Returns what one Celery worker would: 0 after a requested shutdown (SIGTERM, SIGINT, or
+    SIGQUIT, a cold one); else the exit status of the child whose crash loop stopped the group
+    (128 + N for a child killed by signal N).
     """
     children: dict[int, int] = {}
     failures: dict[int, deque[float]] = {}
