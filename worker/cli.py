@@ -11,14 +11,14 @@ from typing import TYPE_CHECKING
 
 import click
 
-if TYPE_CHECKING:
-    from celery import Celery
-
 from worker.beat_cli import beat
 from worker.cli_errors import friendly_errors
 from worker.flower_cli import flower
 from worker.health import check
 from worker.reconnect_cli import batch, reconnect
+
+if TYPE_CHECKING:
+    from celery import Celery
 
 #: Modules a Celery worker imports as it starts; a forking ``worker --processes`` loads them
 #: once in the parent (measured: 34 MB private per process without, see worker.processes).
