@@ -47,7 +47,8 @@ CLOSE_MANY_TASK = "scaleengine.stream.close_many"
 
 
 def _start_metrics_exporter(**_: object) -> None:
-    """A worker serves its Prometheus metrics when STREAMCTL_METRICS_PORT is set.
+    """A worker serves its Prometheus metrics when STREAMCTL_METRICS_PORT is set, on
+    STREAMCTL_METRICS_ADDRESS.
 
     ``worker_init`` fires in the process that runs the tasks (the pool is threads), before the
     worker reports ready, whether it was started by ``streamctl worker`` or ``celery worker``.
@@ -55,7 +56,8 @@ def _start_metrics_exporter(**_: object) -> None:
     from config.settings import get_settings
     from worker.metrics import start_exporter
 
-    start_exporter(get_settings().metrics_port)
+    settings = get_settings()
+    start_exporter(settings.metrics_port, str(settings.metrics_address))
 
 
 signals.worker_init.connect(_start_metrics_exporter, weak=False)
