@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 from pydantic import (
     AliasChoices,
     Field,
+    IPvAnyAddress,
     SecretStr,
     ValidationError,
     field_validator,
@@ -154,6 +155,9 @@ class Settings(BaseSettings):
     #: would collide when several workers share a host. With STREAMCTL_WORKER_PROCESSES, the
     #: processes take this port and the ones after it.
     metrics_port: int | None = Field(None, gt=0, lt=65536)
+    #: The exporter's IP address. Loopback: metrics stay on the host unless an operator opens
+    #: them (0.0.0.0, or one interface's address) for a Prometheus elsewhere.
+    metrics_address: IPvAnyAddress = ipaddress.IPv4Address("127.0.0.1")
     #: Seconds between a worker's sweeps for jobs the broker lost (worker.consume.janitor).
     #: 10 s ends such a job soon after its grace; one sweep per interval runs in the whole cluster.
     janitor_interval: PositiveFloat = 10.0

@@ -19,8 +19,6 @@ _OPTIONS: dict[str, Any] = {
     # Each job's result goes to the results channel (worker.store.jobs); storing it in Celery's
     # backend as well cost two more Redis round trips per job for nothing a reader uses.
     "ignore_result": True,
-    # A malformed message is dropped with a log line instead of stopping the worker.
-    "Strategy": "worker.broker.guards.task_body:checked",
 }
 
 

@@ -19,13 +19,16 @@ from pydantic import SecretStr
 
 from tests.conftest import TEST_API_KEY, TEST_CDN, TEST_SECRET
 from worker import errors
-from worker.api.client import Account, ScaleEngineClient
+from worker.api.client import Account, BeforeSend, ScaleEngineClient
 from worker.api.clock import TimestampClock, account_scope
 from worker.api.retry import RetryPolicy
 from worker.api.transport import SessionPool
+from worker.consume.runner import Delivery
+from worker.consume.wiring import build_runner
 from worker.dev.embedded_redis import free_port
-from worker.model.results import Attempt
+from worker.model.results import Attempt, JobResult
 from worker.model.targets import CloseJob
+from worker.store.limiter import ClusterLimiter, LimitConfig
 
 ACCOUNT = Account(cdn=TEST_CDN, api_key=SecretStr(TEST_API_KEY), api_secret=SecretStr(TEST_SECRET))
 
@@ -50,15 +53,40 @@ def make_client(
     now: Callable[[], float] = time.time,
     read_timeout: float = 1.0,
     ca_bundle: Path | None = None,
+    clock: TimestampClock | None = None,
+    before_send: BeforeSend | None = None,
 ) -> ScaleEngineClient:
-    scope = account_scope(TEST_CDN, TEST_API_KEY) + ":" + uuid.uuid4().hex[:6]
     return ScaleEngineClient(
         api_url=url,
         account=ACCOUNT,
-        clock=TimestampClock(redis_client, scope, now=now),
+        clock=clock or new_clock(redis_client, now=now),
         sessions=SessionPool(ca_bundle=ca_bundle),
         policy=policy(attempts),
         timeout=(1.0, read_timeout),
+        before_send=before_send,
+    )
+
+
+def new_clock(redis_client: redis.Redis, *, now: Callable[[], float] = time.time) -> TimestampClock:
+    """A clock on keys of its own: no other test's timestamps for the same target."""
+    scope = account_scope(TEST_CDN, TEST_API_KEY) + ":" + uuid.uuid4().hex[:6]
+    return TimestampClock(redis_client, scope, now=now)
+
+
+def unthrottled_limiter(redis_client: redis.Redis) -> ClusterLimiter:
+    """The cluster limiter with no limits set: every go claims the timestamp in its script."""
+    config = LimitConfig(
+        rate=None,
+        burst=1,
+        max_in_flight=None,
+        busy_rate=1.0,
+        busy_seconds=30.0,
+        hold=5.0,
+        lease_seconds=10.0,
+        max_countdown=15.0,
+    )
+    return ClusterLimiter(
+        redis_client, config, prefix=f"streamctl-test-limit:{uuid.uuid4().hex[:8]}"
     )
 
 
@@ -188,12 +216,66 @@ def test_nothing_is_sent_after_expiry(sandbox: Any, redis_client: redis.Redis) -
     job = new_job()
     sandbox.inject(dict(job.target.as_fields()), "http_error", times=100, status=503)
     client = make_client(sandbox.url, redis_client, attempts=50)
-    with pytest.raises((errors.JobExpired, errors.ServerError)):
-        close(client, job, expires_in=1.2)
+    expires_at = time.time() + 1.2
+    with pytest.raises(errors.JobExpired):  # the deadline (20 s) is not what stops the retries
+        client.close_stream(
+            job, origin_url=None, expires_at=expires_at, deadline=20, on_attempt=lambda a: None
+        )
     stop = time.time()
     time.sleep(0.5)
     records = sandbox.requests_for(dict(job.target.as_fields()))
-    assert records and all(r["received_at"] <= stop for r in records)
+    assert records and all(r["received_at"] < expires_at for r in records)
+    assert stop - expires_at < 0.5  # it ended at its expiry, not when the retries ran out
+
+
+@pytest.mark.parametrize("claimed_by", ["client", "limiter"])
+def test_a_timestamp_beyond_the_expiry_ends_the_job_at_once(
+    sandbox: Any, redis_client: redis.Redis, claimed_by: str
+) -> None:
+    """The target's last timestamp is 30 s ahead (a host whose clock runs fast wrote it): the
+    job, which expires in 5 s, ends expired at once instead of holding its thread 30 s."""
+    clock = new_clock(redis_client)
+    limiter = unthrottled_limiter(redis_client) if claimed_by == "limiter" else None
+    client = make_client(sandbox.url, redis_client, clock=clock, before_send=limiter)
+    job = new_job()
+    redis_client.set(clock.key(job.target.key), int(time.time()) + 30, ex=60)
+    ended: list[BaseException | None] = []
+
+    def run() -> None:
+        try:
+            close(client, job, expires_in=5)
+        except BaseException as exc:
+            ended.append(exc)
+        else:
+            ended.append(None)
+
+    started = time.monotonic()
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(timeout=3)
+    assert not thread.is_alive(), "the wait for a timestamp 30 s ahead held the thread"
+    assert time.monotonic() - started < 1.0
+    assert isinstance(ended[0], errors.JobExpired)
+    assert "timestamp" in str(ended[0])
+    assert sandbox.requests_for(dict(job.target.as_fields())) == []
+
+
+def test_a_job_whose_next_timestamp_lies_beyond_its_expiry_is_never_sent(
+    sandbox: Any, redis_client: redis.Redis, settings: Any
+) -> None:
+    """The only way to send it is after its expiry: it ends expired and nothing is sent, not
+    even once the timestamp comes due (the client's expiry check before sending)."""
+    runner = build_runner(settings)
+    job = new_job()
+    key = TimestampClock(redis_client, account_scope(TEST_CDN, TEST_API_KEY)).key(job.target.key)
+    ahead = int(time.time()) + 3
+    redis_client.set(key, ahead, ex=60)
+    kwargs = {**job.target.as_fields(), "expires_at": time.time() + 1.5}
+    outcome = runner.run(Delivery(job_id=f"ahead-{uuid.uuid4().hex}", args=(), kwargs=kwargs))
+    assert isinstance(outcome, JobResult)
+    assert (outcome.outcome, outcome.attempts) == ("expired", [])
+    time.sleep(max(ahead + 0.5 - time.time(), 0.0))  # a late send would have arrived by now
+    assert sandbox.requests_for(dict(job.target.as_fields())) == []
 
 
 # --- replies the sandbox does not make: a tiny server of our own --------------------------------

@@ -244,3 +244,173 @@ def test_flower_refuses_to_start_without_authentication(
     assert refused.returncode != 0
     assert "refusing to start without authentication" in refused.stderr
     assert "FLOWER_BASIC_AUTH" in refused.stderr and "--unauthenticated" in refused.stderr
+
+
+# --- basic auth: every entry a user:password, checked on the values Flower uses ------------
+
+#: What an attacker sends: "!" is no base64 character, so it decodes to an empty credential.
+EMPTY_CREDENTIAL = {"Authorization": "Basic !"}
+#: How a refusal names the option at fault.
+BASIC_AUTH_NAMED = re.compile(r"basic[ _-]auth", re.IGNORECASE)
+MALFORMED_BASIC_AUTH = {
+    "comma": ({"FLOWER_BASIC_AUTH": ","}, []),
+    "trailing-comma": ({"FLOWER_BASIC_AUTH": f"{FLOWER_AUTH[0]}:{FLOWER_AUTH[1]},"}, []),
+    "no-user": ({"FLOWER_BASIC_AUTH": f":{FLOWER_AUTH[1]}"}, []),
+    "no-password": ({"FLOWER_BASIC_AUTH": "ops:"}, []),
+    "no-colon": ({"FLOWER_BASIC_AUTH": "ops"}, []),
+    "empty-option": ({}, ["--basic-auth="]),
+    "option-without-value": ({}, ["--basic-auth", ""]),
+    "empty-option-over-valid-variable": (
+        {"FLOWER_BASIC_AUTH": ":".join(FLOWER_AUTH)},
+        ["--basic-auth="],
+    ),
+}
+
+
+@pytest.fixture
+def flower_options(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
+    """Flower's options (tornado's global ones) as unset, and no FLOWER_* variable or
+    flowerconfig.py around; restored afterwards."""
+    from flower.command import options  # defines Flower's options on tornado's global ones
+
+    for name in [name for name in os.environ if name.startswith("FLOWER_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+    saved = {name: option._value for name, option in options._options.items()}
+    for option in options._options.values():
+        option._value = option.UNSET
+    yield
+    for name, value in saved.items():
+        options._options[name]._value = value
+
+
+@pytest.mark.parametrize(
+    ("env", "argv"), MALFORMED_BASIC_AUTH.values(), ids=MALFORMED_BASIC_AUTH.keys()
+)
+def test_the_check_refuses_every_malformed_basic_auth_entry(
+    flower_options: None, monkeypatch: pytest.MonkeyPatch, env: dict[str, str], argv: list[str]
+) -> None:
+    from worker.cli.flower import FlowerOptionError, auth_configured
+
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(FlowerOptionError) as refused:
+        auth_configured(argv)
+    message = str(refused.value)
+    assert BASIC_AUTH_NAMED.search(message), message
+    assert FLOWER_AUTH[1] not in message  # never the password
+
+
+def test_the_check_counts_an_empty_variable_as_unset(
+    flower_options: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from worker.cli.flower import auth_configured
+
+    monkeypatch.setenv("FLOWER_BASIC_AUTH", "")
+    assert auth_configured([]) is False
+    assert auth_configured([f"--basic-auth={':'.join(FLOWER_AUTH)}"]) is True
+
+
+def test_the_check_accepts_user_password_entries(
+    flower_options: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from worker.cli.flower import auth_configured
+
+    monkeypatch.setenv("FLOWER_BASIC_AUTH", "ops:pw,auditor:a:colon:in:the:password")
+    assert auth_configured([]) is True
+
+
+def attack(
+    tmp_path: Path, env: dict[str, str], argv: list[str], config: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Start ``streamctl flower`` as configured; while it runs, send it an empty credential
+    as an attacker would. Fails the test if the attacker gets in (or Flower stays up)."""
+    if config is not None:
+        (tmp_path / "flowerconfig.py").write_text(config)
+    port = free_port()
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("FLOWER_")}
+    log_path = tmp_path / "flower.log"
+    with log_path.open("w") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "worker.cli", "flower", f"--port={port}", *LOOPBACK, *argv],
+            env=clean | env,
+            cwd=tmp_path,
+            stdout=subprocess.DEVNULL,
+            stderr=log_file,
+            text=True,
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while process.poll() is None and time.monotonic() < deadline:
+            with contextlib.suppress(requests.ConnectionError):
+                reply = requests.get(
+                    f"http://127.0.0.1:{port}/api/tasks", headers=EMPTY_CREDENTIAL, timeout=2
+                )
+                assert reply.status_code != 200, "an empty credential got into Flower"
+                pytest.fail(f"Flower started (answering {reply.status_code}) instead of refusing")
+            time.sleep(0.2)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+    return subprocess.CompletedProcess(process.args, process.returncode, "", log_path.read_text())
+
+
+@pytest.mark.parametrize(
+    ("env", "argv"),
+    [({"FLOWER_BASIC_AUTH": ""}, []), *MALFORMED_BASIC_AUTH.values()],
+    ids=["empty-variable", *MALFORMED_BASIC_AUTH.keys()],
+)
+def test_flower_refuses_malformed_basic_auth_and_never_lets_an_empty_credential_in(
+    tmp_path: Path, env: dict[str, str], argv: list[str]
+) -> None:
+    refused = attack(tmp_path, env, argv)
+    assert refused.returncode == 2, refused.stderr[-2000:]
+    assert FLOWER_AUTH[1] not in refused.stderr
+    if env == {"FLOWER_BASIC_AUTH": ""} and not argv:  # an empty variable is unset: the how-to
+        assert "refusing to start without authentication" in refused.stderr
+    else:
+        assert BASIC_AUTH_NAMED.search(refused.stderr), refused.stderr[-2000:]
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        "basic_auth = ['']\n",
+        # Read once by the check, then again by Flower: what Flower uses is what counts.
+        "import os\n"
+        "basic_auth = [''] if os.environ.get('FLOWERCONFIG_READ') else ['ops:pw']\n"
+        "os.environ['FLOWERCONFIG_READ'] = '1'\n",
+    ],
+    ids=["empty-entry", "empty-entry-on-flowers-own-read"],
+)
+def test_flower_refuses_an_empty_entry_from_flowerconfig(tmp_path: Path, config: str) -> None:
+    refused = attack(tmp_path, {"FLOWER_BASIC_AUTH": ":".join(FLOWER_AUTH)}, [], config)
+    assert refused.returncode == 2, refused.stderr[-2000:]
+    assert BASIC_AUTH_NAMED.search(refused.stderr), refused.stderr[-2000:]
+
+
+def test_flower_with_valid_basic_auth_lets_only_that_credential_in(tmp_path: Path) -> None:
+    process = Flower(tmp_path / "flower.log")
+    process.log_path.parent.mkdir(parents=True, exist_ok=True)
+    process.start()
+    try:
+        url = f"{process.url}/api/tasks"
+        assert requests.get(url, headers=EMPTY_CREDENTIAL, timeout=10).status_code == 401
+        assert requests.get(url, auth=(FLOWER_AUTH[0], ""), timeout=10).status_code == 401
+        assert requests.get(url, timeout=10).status_code == 401
+        assert process.get("/api/tasks").status_code == 200
+    finally:
+        process.stop()
+
+
+def test_no_example_file_ships_an_empty_or_malformed_credential() -> None:
+    from worker.cli.flower import basic_auth_problem
+
+    root = Path(__file__).resolve().parent.parent
+    for example in [root / ".env.example", *sorted((root / "deploy").glob("*.env"))]:
+        for line in example.read_text().splitlines():
+            name, equals, value = line.strip().partition("=")
+            if equals and name == "FLOWER_BASIC_AUTH":  # set, not a "# FLOWER_..." example
+                assert value, f"{example.name}: an empty FLOWER_BASIC_AUTH"
+                assert basic_auth_problem(value.split(",")) is None, example.name

@@ -47,6 +47,7 @@ def test_check_passes_against_the_sandbox() -> None:
     assert statuses(done.stdout) == {
         "configuration": "ok",
         "redis": "ok",
+        "redis-policy": "ok",  # the session's Redis has the default policy, noeviction
         "dns": "ok",
         "tls": "skip",
         "clock": "ok",
@@ -59,6 +60,7 @@ def test_check_fails_when_redis_does_not_answer() -> None:
     done = streamctl_check(REDIS_URL=f"redis://:hunter2@127.0.0.1:{free_port()}/0")
     assert done.returncode == 1
     assert statuses(done.stdout)["redis"] == "fail"
+    assert statuses(done.stdout)["redis-policy"] == "skip"  # not read, not failed twice
     assert statuses(done.stdout)["clock"] == "ok"  # the other checks still ran
     assert "hunter2" not in done.stdout  # the Redis password is not printed
     assert "problems found" in done.stdout

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import replace
+from typing import Any
 
 import pytest
 import redis
@@ -68,25 +70,30 @@ def test_a_go_carries_a_timestamp_claimed_as_the_clock_claims_it(
     clock = TimestampClock(redis_client, f"streamctl-test-ts:{uuid.uuid4().hex[:8]}")
     now = clock.now()
 
-    def claimed_by_limiter(target: str) -> int | None:
+    def claimed_by(go: ClusterLimiter, target: str) -> int | None:
         send_context = SendContext(
             job_id=uuid.uuid4().hex,
             batch_id=None,
             expires_at=time.time() + 60,
             timestamp_key=clock.key(target),
-            timestamp_now=now,
+            timestamp_now=lambda: now,
         )
-        return limiter.before_send(send_context).timestamp  # type: ignore[no-any-return]
+        return go.before_send(send_context).timestamp
 
-    first = claimed_by_limiter("a")
-    second = claimed_by_limiter("a")
-    by_clock = clock.claim("a")  # waits for the claimed second, about 2 s ahead
-    third = claimed_by_limiter("a")
+    first = claimed_by(limiter, "a")
+    second = claimed_by(limiter, "a")
+    by_clock = clock.claim("a")  # about 2 s ahead: settle would wait for it
+    third = claimed_by(limiter, "a")
     assert first == now and second == now + 1 and by_clock == now + 2 and third == now + 3
-    assert claimed_by_limiter("b") == now  # another target has its own sequence
+    assert claimed_by(limiter, "b") == now  # another target has its own sequence
     assert redis_client.ttl(clock.key("a")) > 0
     # Without a timestamp key the limiter claims nothing; the client claims itself.
     assert limiter.before_send(context()).timestamp is None  # type: ignore[attr-defined]
+    # Nor on a go after a wait: the client claims after it, right before sending.
+    throttled = make(rate=5.0, burst=1)  # type: ignore[operator]
+    assert claimed_by(throttled, "c") == now  # at once
+    assert claimed_by(throttled, "c") is None  # 0.2 s later
+    assert clock.claim("c") == now + 1
 
 
 def test_rate_bound_holds_for_threads_sharing_the_limiter(make: object) -> None:
@@ -133,6 +140,17 @@ def test_in_flight_slots_are_bounded_released_and_lapse(make: object) -> None:
     assert goes(limiter, context())
 
 
+def test_a_wait_for_an_in_flight_slot_ends_at_the_jobs_expiry(make: object) -> None:
+    """Every slot is busy and the hold is 5 s, but the job expires in 0.3 s: it ends expired
+    then, instead of waiting out the hold past its expiry."""
+    limiter = make(max_in_flight=1, hold=5.0)  # type: ignore[operator]
+    assert limiter.before_send(context()).after is not None  # the one slot, never released
+    started = time.monotonic()
+    with pytest.raises(JobExpired):
+        limiter.before_send(context(expires_in=0.3))
+    assert time.monotonic() - started < 1.0
+
+
 def test_code_1000_slows_every_caller_down(make: object) -> None:
     limiter = make(busy_rate=1.0, busy_seconds=30.0, hold=0.2)  # type: ignore[operator]
     other_worker = make(busy_rate=1.0, busy_seconds=30.0, hold=0.2)  # type: ignore[operator]
@@ -175,3 +193,62 @@ def test_a_job_handed_back_keeps_its_reserved_send_time(make: object) -> None:
     time.sleep(caught.value.wait)
     # Back from the broker, the job goes in its reserved slot, ahead of the later job.
     assert goes(limiter, late)
+
+
+@pytest.mark.parametrize(
+    ("rate", "burst", "threads"),
+    [
+        (0.5, 1, 3),  # sends 2 s apart: a timestamp claimed before the wait would be stale
+        (4.0, 2, 3),  # sends closer than the API's one-second resolution: claims queue up
+    ],
+)
+def test_one_targets_timestamps_reach_the_api_in_order_and_fresh(
+    make: object,
+    redis_client: redis.Redis,
+    sandbox: Any,
+    rate: float,
+    burst: int,
+    threads: int,
+) -> None:
+    """Threads closing the same target through a throttled limiter: the API sees strictly
+    increasing timestamps in arrival order, each claimed at send time (within a second)."""
+    from tests.test_client import make_client, new_clock, new_job
+
+    limiter = make(rate=rate, burst=burst, hold=5.0)  # type: ignore[operator]
+    client = make_client(
+        sandbox.url, redis_client, clock=new_clock(redis_client), before_send=limiter
+    )
+    job = new_job()
+    # All start together, just after a second begins: two claims a few milliseconds apart
+    # across a second boundary, both sent at once, are the one case the network may still
+    # reorder (see worker.api.clock), and not what this test is about.
+    begin = int(time.time() + 0.5) + 1.05
+    failures: list[BaseException] = []
+
+    def close_once() -> None:
+        time.sleep(max(begin - time.time(), 0.0))
+        try:
+            client.close_stream(
+                job,
+                origin_url=None,
+                expires_at=time.time() + 30,
+                deadline=20,
+                on_attempt=lambda attempt: None,
+            )
+        except BaseException as exc:
+            failures.append(exc)
+
+    workers = [threading.Thread(target=close_once) for _ in range(threads)]
+    for thread in workers:
+        thread.start()
+    for thread in workers:
+        thread.join(timeout=20)
+    records = sorted(sandbox.requests_for(job.target.as_fields()), key=lambda r: r["received_at"])
+    assert failures == []
+    assert [record["reply"] for record in records] == ["success"] * threads
+    stamps = [record["timestamp"] for record in records]
+    assert all(earlier < later for earlier, later in itertools.pairwise(stamps))
+    # Whole seconds: a fresh claim is up to 1 s behind its arrival (plus the milliseconds from
+    # claim to arrival); never ahead of it.
+    lags = [record["received_at"] - record["timestamp"] for record in records]
+    assert all(0 <= lag < 1.25 for lag in lags), lags

@@ -233,6 +233,25 @@ def test_missing_field_or_unparseable_body_is_http_400(sandbox: Sandbox) -> None
     assert sandbox.stats()["replies"] == {"http_400": 3}
 
 
+@pytest.mark.parametrize(
+    "nested",
+    ["[" * 100_000 + "]" * 100_000, '{"a":' * 50_000 + "1" + "}" * 50_000, "[" * 5_000],
+    ids=["lists", "objects", "unclosed"],
+)
+def test_deeply_nested_json_is_http_400_not_a_dropped_connection(
+    sandbox: Sandbox, nested: str
+) -> None:
+    api_reply = requests.post(sandbox.url, data={"json": nested}, timeout=5)
+    assert api_reply.status_code == 400
+    assert "nested too deeply" in api_reply.text
+    url = sandbox.url.replace("/stable/", "/_sandbox/faults")
+    control_reply = requests.post(url, data=nested, timeout=5)
+    assert control_reply.status_code == 400
+    assert "nested too deeply" in control_reply.text
+    assert sandbox.stats()["replies"] == {"http_400": 1}
+    assert api(sandbox, body_for())["status"] == "success"  # and it serves on
+
+
 # --- faults ------------------------------------------------------------------------------------
 
 
@@ -451,9 +470,16 @@ def test_control_endpoints_over_http(sandbox: Sandbox) -> None:
         {"target": NAMED, "fault": "reset", "secret": "x"},
         {"fault": "reset"},
         {"target": NAMED, "fault": "reset", "times": "many"},
+        {"target": 5, "fault": "reset"},
+        {"target": [1], "fault": "reset"},
+        {"target": True, "fault": "refuse"},
     ):
         response = control(sandbox, "faults", bad)
         assert response.status_code == 400, bad
+        assert response.text.strip(), bad
+    for not_a_target in (5, [1]):
+        response = control(sandbox, "faults", {"target": not_a_target, "fault": "reset"})
+        assert "target must be a mapping of target fields" in response.text
     assert control(sandbox, "outage", {"seconds": "long"}).status_code == 400
     assert control(sandbox, "nothing").status_code == 404
     assert sandbox.stats()["total"] == 0  # control requests are not API requests

@@ -19,8 +19,19 @@ from config.errors import StreamctlError as StreamctlError
 # --- configuration and input -------------------------------------------------------------
 
 
+class IncompatibleDependency(StreamctlError):
+    """An installed package lacks what streamctl relies on; the message names it and its version."""
+
+
 class InvalidTarget(StreamctlError, ValueError):
     """A close-stream job names no valid target (outcome ``rejected``, never sent)."""
+
+
+class IdempotencyConflict(StreamctlError):
+    """A job id given again with other fields: it names the first job, so nothing is enqueued.
+
+    Not an ``EnqueueError``: trying again later will not help, the caller needs a new job id.
+    """
 
 
 # --- talking to the API --------------------------------------------------------------------

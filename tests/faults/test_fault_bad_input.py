@@ -9,7 +9,9 @@ from __future__ import annotations
 import base64
 import json
 import pickle
+import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +21,11 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
 from tests.faults.harness import Cluster, cluster, report, unique_target
-from worker.broker.app import CLOSE_TASK
+from worker.broker.app import CLOSE_TASK, app
 from worker.consume.runner import META_FIELDS, parse_meta
-from worker.errors import InvalidTarget
+from worker.errors import IdempotencyConflict, InvalidTarget
 from worker.model.targets import CloseJob
+from worker.schedule.run import SCHEDULE_TASK
 
 pytestmark = pytest.mark.faults
 
@@ -93,8 +96,9 @@ def fuzz_producer(fleet: Cluster) -> dict[str, int]:
             fields.update(app=None, inst=None, stream=None)
         try:
             fleet.producer.close(**fields)
-        except InvalidTarget as exc:
-            assert str(exc).strip(), "an InvalidTarget without a message"
+        except (InvalidTarget, IdempotencyConflict) as exc:
+            # A random job id may repeat with other fields: refused as a reused key, clearly.
+            assert str(exc).strip(), f"a {type(exc).__name__} without a message"
             refusals.append(str(exc))
             counts["refused"] += 1
         else:
@@ -132,16 +136,19 @@ def fuzz_task_messages(fleet: Cluster) -> dict[str, str | None]:
     return sent
 
 
-def raw_broker_messages(fleet: Cluster, canary: Path) -> dict[str, bytes]:
-    """Bytes LPUSHed straight onto the queue: not JSON, wrong shapes, a pickle, unknown tasks."""
+Envelope = Callable[..., tuple[str, bytes]]
+
+
+def envelope_maker(fleet: Cluster) -> Envelope:
+    """``envelope(body, **changes)``: a raw kombu message for the queue, ``(job id, bytes)``.
+
+    Built from a real task message captured on a side queue; ``changes`` replace or update its
+    top-level fields (``headers={"task": ...}``), None removes one.
+    """
     fleet.app.send_task(
         CLOSE_TASK, kwargs=unique_target("raw"), task_id="template", queue="capture"
     )
     template = json.loads(fleet.redis.rpop("capture") or b"{}")
-
-    class Touch:  # unpickling this creates the canary file: proof that a pickle was loaded
-        def __reduce__(self) -> tuple[Any, ...]:
-            return (open, (str(canary), "w"))
 
     def envelope(body: bytes, **changes: Any) -> tuple[str, bytes]:
         job_id = str(uuid.uuid4())
@@ -158,6 +165,17 @@ def raw_broker_messages(fleet: Cluster, canary: Path) -> dict[str, bytes]:
             else:
                 message[key] = value
         return job_id, json.dumps(message).encode()
+
+    return envelope
+
+
+def raw_broker_messages(fleet: Cluster, canary: Path) -> dict[str, bytes]:
+    """Bytes LPUSHed straight onto the queue: not JSON, wrong shapes, a pickle, unknown tasks."""
+    envelope = envelope_maker(fleet)
+
+    class Touch:  # unpickling this creates the canary file: proof that a pickle was loaded
+        def __reduce__(self) -> tuple[Any, ...]:
+            return (open, (str(canary), "w"))
 
     kwargs_ok = json.dumps([[], unique_target("raw"), {}]).encode()
     cases = dict(
@@ -234,3 +252,53 @@ def test_bad_input_is_refused_clearly_and_never_takes_a_worker_down(tmp_path: Pa
     assert after and after[0]["outcome"] == "success"
     assert stuck == 0
     assert "Unrecoverable error" not in log
+
+
+#: Bodies that are not ``[args, kwargs, embed]``, or whose parts have the wrong types.
+MALFORMED_BODIES = [
+    ["a", "b"],
+    5,
+    "args",
+    None,
+    [],
+    {"args": 5},
+    {"kwargs": "a string"},
+    [[], 5, {}],
+    [[], {}, 5],
+    [5, {}, {}],
+    [{}, {}, {}],
+    [[], {}, {}, {}],
+]
+
+
+def test_a_malformed_body_for_any_registered_task_is_dropped(tmp_path: Path) -> None:
+    """Every task name the app registers, each with every malformed body: the worker goes on."""
+    app.loader.import_default_modules()
+    names = sorted(app.tasks)
+    assert SCHEDULE_TASK in names and CLOSE_TASK in names
+    with cluster(tmp_path) as fleet:
+        worker = fleet.start_worker("worker", concurrency=4)
+        envelope = envelope_maker(fleet)
+        for name in names:
+            for body in MALFORMED_BODIES:
+                _job_id, raw = envelope(json.dumps(body).encode(), headers={"task": name})
+                fleet.redis.lpush("streamctl", raw)
+        # Every malformed message was taken and dropped (none waits, none is held unacked).
+        deadline = time.monotonic() + 30
+        while fleet.redis.llen("streamctl") + fleet.redis.hlen("unacked"):
+            if time.monotonic() > deadline or not worker.alive():
+                break
+            time.sleep(0.1)
+        stuck = fleet.redis.llen("streamctl") + fleet.redis.hlen("unacked")
+        good = fleet.producer.close(**unique_target("after-malformed"))
+        after = fleet.wait_for([good], timeout=30)[good]
+        # Celery's own tasks get the guard too, and still run (this one returns its arguments).
+        accumulated = fleet.app.send_task("celery.accumulate", args=[1, 2]).get(timeout=10)
+        alive = worker.alive()
+        log = worker.log()
+    report("malformed-bodies", task_names=len(names), messages=len(names) * len(MALFORMED_BODIES))
+    assert alive, log[-3000:]
+    assert "Unrecoverable error" not in log
+    assert stuck == 0
+    assert after and after[0]["outcome"] == "success", after
+    assert accumulated == [1, 2]

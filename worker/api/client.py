@@ -1,8 +1,9 @@
 """The ScaleEngine client: sign at send time, send, classify, retry. No Celery in here.
 
 Every HTTP attempt claims a fresh timestamp (strictly greater than any used before for the
-same account and target) and is signed just before it is sent, so no request body is ever
-sent twice and no signature is ever stored.
+same account and target) right before it is signed and sent, after any wait of the rate limiter,
+so no request body is ever sent twice, no signature is ever stored, and one target's timestamps
+reach the API in the order they were claimed (see ``worker.api.clock``).
 """
 
 from __future__ import annotations
@@ -33,10 +34,11 @@ class SendContext:
     job_id: str | None
     batch_id: str | None
     expires_at: float
-    #: The hook may claim the attempt's timestamp in its own Redis round trip: the clock's key
-    #: for the target and the time to claim from (``TimestampClock.key`` and ``.now``).
+    #: The hook may claim the attempt's timestamp in its own Redis round trip when it lets the
+    #: attempt go at once: the clock's key for the target, and the clock's time to claim from,
+    #: read at the claim (``TimestampClock.key`` and ``.now``).
     timestamp_key: str | None = None
-    timestamp_now: int = 0
+    timestamp_now: Callable[[], int] | None = None
 
 
 #: Called after every HTTP attempt with the ApiError it ended with (None: success, or no reply
@@ -50,7 +52,7 @@ class Permit:
 
     after: AfterSend | None = None
     #: A timestamp the hook claimed for the attempt (recorded, as ``TimestampClock.claim``
-    #: would); None: the client claims one itself.
+    #: would) right before its go; None (it waited first, say): the client claims one itself.
     timestamp: int | None = None
 
 
@@ -108,7 +110,8 @@ class ScaleEngineClient:
         """Close ``job``'s stream, retrying transient failures within ``deadline`` seconds.
 
         Raises the last ApiError when the API refused or the retries ran out, and JobExpired
-        when ``expires_at`` (unix time) passes before a request could be sent.
+        when ``expires_at`` (unix time) passes before a request could be sent, or at once when
+        the target's next timestamp lies beyond it.
         """
         resigned = False
         timestamp_key = self._clock.key(job.target.key)
@@ -121,7 +124,7 @@ class ScaleEngineClient:
                     batch_id=batch_id,
                     expires_at=expires_at,
                     timestamp_key=timestamp_key,
-                    timestamp_now=self._clock.now(),
+                    timestamp_now=self._clock.now,
                 )
                 permit = self._before_send(context)
             failure: ApiError | None = None
@@ -164,13 +167,18 @@ class ScaleEngineClient:
         job_id: str | None = None,
         claimed: int | None = None,
     ) -> transport.ApiSuccess:
-        if claimed is None:
-            timestamp = self._clock.claim(job.target.key)
-        else:
-            timestamp = self._clock.settle(claimed)
-        # Checked after the claim, which may have waited: nothing is sent once the job expired.
-        if time.time() >= expires_at:
-            raise JobExpired("the job expired before it could be sent")
+        # Claimed here, right before signing and sending, unless the hook just claimed it.
+        timestamp = self._clock.claim(job.target.key) if claimed is None else claimed
+        on_time = self._clock.settle(timestamp, until=expires_at)
+        # Checked after any wait: nothing is sent at or after the job's expiry. A timestamp
+        # that lies beyond it was not waited for: the job ends now, its thread freed.
+        if not on_time or time.time() >= expires_at:
+            raise JobExpired(
+                "the job expired before it could be sent"
+                if on_time
+                else "the target's next timestamp lies beyond the job's expiry (is a clock "
+                "running fast?); nothing was sent"
+            )
         fields = request_fields(
             command=CLOSE_COMMAND,
             api_key=self._account.api_key.get_secret_value(),

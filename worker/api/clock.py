@@ -5,7 +5,14 @@ closes of one stream signed in the same second would be byte-identical, so for e
 target the timestamp handed out must be strictly greater than the last one used, whichever
 worker or job used it. A Lua script makes claiming atomic: it hands out
 ``max(now, last + 1)`` and records it. A claim that lands in the future is waited for, so a
-request never carries a time ahead of the local clock (the server's window is centred on now).
+request never carries a time ahead of the local clock (the server's window is centred on now),
+but never past the job's expiry: a claim beyond it is not waited for at all (``settle``).
+
+A timestamp is claimed right before its request is signed and sent, after any wait of the rate
+limiter, from the local time of the claim. So for one target the API sees the timestamps in the
+order they were claimed, each at most a second behind its send (plus the milliseconds from claim
+to arrival; two sends claimed within those milliseconds of each other across a second boundary
+are the one case a network can still reorder).
 """
 
 from __future__ import annotations
@@ -66,15 +73,21 @@ class TimestampClock:
         return int(self._now())
 
     def claim(self, target_key: str) -> int:
-        """Reserve the next timestamp for ``target_key`` and wait until it is not in the future."""
-        claimed = int(
-            self._script(keys=[self.key(target_key)], args=[self.now(), CLAIM_TTL_SECONDS])
-        )
-        return self.settle(claimed)
+        """Reserve the next timestamp for ``target_key``, from now. It may lie in the future
+        (the last one is this second's, or ahead): ``settle`` waits for it."""
+        return int(self._script(keys=[self.key(target_key)], args=[self.now(), CLAIM_TTL_SECONDS]))
 
-    def settle(self, claimed: int) -> int:
-        """Wait until a claimed timestamp is not in the future; return it."""
+    def settle(self, claimed: int, *, until: float) -> bool:
+        """Wait until ``claimed`` is not in the future, if that comes before ``until`` (unix
+        time: the job's expiry); False, at once and without waiting, when it does not.
+
+        The wait is then shorter than the time left before ``until``. A claim beyond it (the
+        target's last timestamp lies ahead: a host whose clock runs fast, a stray write) is
+        left used: a later claim is still greater, as the API needs.
+        """
+        if claimed >= until:
+            return False
         wait = claimed - self._now()
         if wait > 0:
             self._sleep(wait)
-        return claimed
+        return True

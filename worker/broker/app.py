@@ -1,8 +1,8 @@
 """The Celery app. Configuration is loaded by string from ``config.celeryconfig``.
 
-What a worker does as it starts (metrics exporter, janitor, GC tuning) is connected to the
-app's signals by ``worker.consume.boot``, which the task modules import: the app itself
-stays importable by producers without pulling in the worker's side.
+What a worker does as it starts (the Redis eviction check, metrics exporter, janitor, GC
+tuning) is connected to the app's signals by ``worker.consume.boot``, which the task modules
+import: the app itself stays importable by producers without pulling in the worker's side.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ from worker.broker.guards import kombu as kombu_guards
 
 # Keeps a worker alive through a Redis restart (see worker.broker.guards.kombu).
 kombu_guards.install()
-app = Celery("streamctl")
+# The base class of every task the app registers: a malformed message is dropped, not fatal.
+app = Celery("streamctl", task_cls="worker.broker.guards.task_body:GuardedTask")
 app.config_from_object("config.celeryconfig")
 
 #: The stable task name; producers in any language enqueue by it.

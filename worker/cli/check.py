@@ -81,6 +81,7 @@ def run_checks() -> Iterator[Check]:
     yield _check_redis("redis", settings.redis_url)
     if settings.celery_broker_url and settings.celery_broker_url != settings.redis_url:
         yield _check_redis("broker", settings.celery_broker_url)
+    yield from _check_redis_policies(settings)
     yield from _check_api(settings)
 
 
@@ -99,6 +100,21 @@ def _check_redis(name: str, url: str) -> Check:
         return Check(name, "fail", f"{safe_url(url)} does not answer: {type(exc).__name__}")
     finally:
         client.close()
+
+
+def _check_redis_policies(settings: Settings) -> Iterator[Check]:
+    """Each Redis the worker uses must not evict (the check of worker.store.redis_policy)."""
+    import redis
+
+    from worker.store.redis_policy import check_url, redis_urls
+
+    for name, url in redis_urls(settings):
+        try:
+            finding = check_url(url, timeout=REDIS_TIMEOUT)
+        except (redis.ConnectionError, redis.TimeoutError):
+            yield Check(f"{name}-policy", "skip", "not checked: this Redis does not answer")
+            continue
+        yield Check(f"{name}-policy", finding.status, finding.detail)
 
 
 def _check_api(settings: Settings) -> Iterator[Check]:

@@ -6,13 +6,22 @@ configured (basic auth or OAuth), or when ``--unauthenticated`` says on purpose 
 in front of it (an authenticating proxy, a private network) does that job.
 
 Whether authentication is configured is read the way Flower itself reads its options
-(``FLOWER_*`` environment variables, ``flowerconfig.py``, then the command line), so that the
-check and Flower can never disagree.
+(``FLOWER_*`` environment variables, ``flowerconfig.py``, then the command line), and checked
+again on the very options Flower then serves with (a ``flowerconfig.py`` is code, and Flower
+reads it a second time), so that the check and Flower can never disagree.
+
+Every basic-auth entry must be ``user:password`` with both parts non-empty. Flower splits the
+option at commas and compares the decoded ``Authorization`` header with each entry, so an empty
+entry (``FLOWER_BASIC_AUTH=``, a trailing comma, ``--basic-auth=``) would let in anyone who
+sends ``Basic !`` (which decodes to nothing), and ``ops:`` anyone who sends ``ops:``. An empty
+``FLOWER_BASIC_AUTH`` counts as unset, as an empty variable does everywhere else in streamctl.
 """
 
 from __future__ import annotations
 
+import os
 import sys
+from collections.abc import Sequence
 
 import click
 
@@ -31,25 +40,85 @@ or pass --unauthenticated to start it open on purpose (behind your own authentic
 """
 
 
+#: Where Flower's basic-auth entries come from, for the refusal messages.
+BASIC_AUTH_SOURCES = "basic auth (FLOWER_BASIC_AUTH, --basic-auth or flowerconfig.py)"
+
+
 class FlowerOptionError(click.UsageError):
-    pass
+    """A Flower option streamctl refuses to start with (exit status 2)."""
+
+
+def basic_auth_problem(entries: Sequence[str] | None) -> str | None:
+    """What is wrong with Flower's basic-auth entries; None when each is ``user:password``.
+
+    The message names the entry by position, never by value: it holds a password.
+    """
+    for position, entry in enumerate(entries or (), start=1):
+        user, colon, password = entry.partition(":")
+        if not entry:
+            problem = "is empty (an empty value, or a stray comma)"
+        elif not colon:
+            problem = "has no ':' (entries are user:password)"
+        elif not user:
+            problem = "has no user name before the ':'"
+        elif not password:
+            problem = "has no password after the ':'"
+        else:
+            continue
+        return f"{BASIC_AUTH_SOURCES}: entry {position} of {len(entries or ())} {problem}"
+    return None
 
 
 def auth_configured(argv: list[str]) -> bool:
     """Whether Flower, started with ``argv``, would demand a login.
 
     Flower guards its pages and API when ``basic_auth`` or ``auth`` (the OAuth e-mail pattern)
-    is set; an OAuth provider alone lets everyone in, so it does not count.
+    is set; an OAuth provider alone lets everyone in, so it does not count. Raises
+    FlowerOptionError for an option Flower would reject, or a basic-auth entry that is not a
+    ``user:password``.
     """
     from flower.command import apply_env_options, apply_options
     from tornado.options import Error, options
 
+    if os.environ.get("FLOWER_BASIC_AUTH") == "":
+        # Unset for Flower too (it runs in this process and reads the environment again).
+        del os.environ["FLOWER_BASIC_AUTH"]
     try:
         apply_env_options()
         apply_options("flower", argv)
     except (Error, ValueError) as exc:
         raise FlowerOptionError(f"bad Flower option: {exc}") from None
+    problem = basic_auth_problem(options.basic_auth)
+    if problem is not None:
+        raise FlowerOptionError(problem)
     return bool(options.basic_auth or options.auth)
+
+
+def _check_the_options_flower_serves_with(unauthenticated: bool) -> None:
+    """Check Flower's options again at the one point where they are final.
+
+    Flower's command reads the environment, ``flowerconfig.py`` and its arguments once more,
+    then builds its settings from them (``extract_settings``) and serves: the check runs there,
+    on exactly what it will serve with. It exits 2, as the first check does.
+    """
+    import flower.command
+    from tornado.options import options
+
+    extract_settings = flower.command.extract_settings
+
+    def checked_extract_settings() -> None:
+        problem = basic_auth_problem(options.basic_auth)
+        if problem is not None:
+            refusal = f"streamctl flower: {problem}\n"
+        elif not (options.basic_auth or options.auth or unauthenticated):
+            refusal = AUTH_HOWTO
+        else:
+            extract_settings()
+            return
+        click.echo(refusal, err=True, nl=False)
+        sys.exit(2)
+
+    flower.command.extract_settings = checked_extract_settings
 
 
 @click.command(
@@ -76,4 +145,5 @@ def flower(ctx: click.Context, unauthenticated: bool) -> None:
     # Flower enqueues through the app's task registry: load the task modules the worker loads,
     # or async-apply would answer 404 for scaleengine.stream.close.
     app.loader.import_default_modules()
+    _check_the_options_flower_serves_with(unauthenticated)
     sys.exit(app.start(["flower", *argv]) or 0)

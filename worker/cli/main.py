@@ -7,6 +7,7 @@ import importlib
 import json
 import os
 import sys
+from typing import TYPE_CHECKING
 
 import click
 
@@ -15,6 +16,9 @@ from worker.cli.check import check
 from worker.cli.errors import friendly_errors
 from worker.cli.flower import flower
 from worker.cli.reconnect import batch, reconnect
+
+if TYPE_CHECKING:
+    from celery import Celery
 
 #: Modules a Celery worker imports as it starts; a forking ``worker --processes`` loads them
 #: once in the parent (measured: 34 MB private per process without, see worker.consume.processes).
@@ -108,6 +112,26 @@ def close(
     sys.exit(0 if result.get("outcome") == "success" else 1)
 
 
+def run_celery_worker(app: Celery, argv: list[str]) -> int:
+    """Run Celery's worker command; return its exit status (0 after a warm shutdown, 1 after
+    an "Unrecoverable error").
+
+    ``app.worker_main`` and ``app.start`` drop that status: they call Celery's click command
+    with ``standalone_mode=False``, which returns the worker's ``ctx.exit(code)`` instead of
+    exiting, and they return nothing. This is ``app.start`` keeping what it drops.
+    """
+    from celery.bin.celery import celery as celery_command
+
+    celery_command.params[0].default = app  # the --app option, as app.start sets it
+    try:
+        code = celery_command.main(args=argv, standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        code = exc.exit_code
+    finally:
+        celery_command.params[0].default = None
+    return code if isinstance(code, int) else 0
+
+
 @main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
 @click.option(
     "--concurrency", "-c", type=int, help="Threads (default: STREAMCTL_WORKER_CONCURRENCY)."
@@ -155,14 +179,16 @@ def worker(
         *ctx.args,
     ]
     if settings.worker_processes == 1:
-        app.worker_main(argv=argv)
-        return
+        sys.exit(run_celery_worker(app, argv))
 
+    from worker.consume.boot import refuse_evicting_redis
     from worker.consume.processes import child_argv, supervise
 
     # Imported before forking, so that every process shares them (see worker.consume.processes): the
     # tasks, and what Celery's worker command imports only once it runs.
     app.loader.import_default_modules()
+    # Checked once, here: a child that refused would only be restarted by the supervisor.
+    refuse_evicting_redis()
     for module in PRELOADED_FOR_WORKERS:
         importlib.import_module(module)
 
@@ -170,8 +196,7 @@ def worker(
         if settings.metrics_port is not None:
             os.environ["STREAMCTL_METRICS_PORT"] = str(settings.metrics_port + index - 1)
             get_settings.cache_clear()
-        app.worker_main(argv=child_argv(argv, index))
-        return 0
+        return run_celery_worker(app, child_argv(argv, index))
 
     sys.exit(supervise(settings.worker_processes, run_child))
 

@@ -1,4 +1,4 @@
-"""What a worker does as it starts: the ``worker_init`` hooks (metrics exporter, janitor, GC).
+"""What a worker does as it starts: the ``worker_init`` hooks (eviction, metrics, janitor, GC).
 
 The task package imports this module (``tasks/__init__.py``), and every worker imports the
 task modules (``config.celeryconfig``'s ``imports``) before it sends ``worker_init``, whether it
@@ -10,9 +10,40 @@ from __future__ import annotations
 
 from celery import signals
 
+#: Exit code of a worker that refuses to start on a Redis that may evict (a configuration error).
+EVICTING_REDIS_EXIT = 2
+_redis_policy_checked = False
+
+
+def refuse_evicting_redis(**_: object) -> None:
+    """Exit (code 2) before serving if a Redis the worker uses may evict keys (see
+    ``worker.store.redis_policy``). Once a process: forked worker processes inherit the parent's
+    check.
+
+    On ``worker_init``, first of the hooks, for ``streamctl worker`` and ``celery worker`` alike.
+    A plain exception would not do: Celery logs what a signal handler raises and starts anyway.
+    """
+    global _redis_policy_checked
+    if _redis_policy_checked:
+        return
+    from config.settings import get_settings
+    from worker.errors import ConfigError
+    from worker.store.redis_policy import log, require_no_eviction
+
+    try:
+        require_no_eviction(get_settings())
+    except ConfigError as exc:
+        log.critical("refusing to start: %s", exc, extra={"event": "redis_policy_refused"})
+        raise SystemExit(EVICTING_REDIS_EXIT) from None
+    _redis_policy_checked = True
+
+
+signals.worker_init.connect(refuse_evicting_redis, weak=False)
+
 
 def _start_metrics_exporter(**_: object) -> None:
-    """A worker serves its Prometheus metrics when STREAMCTL_METRICS_PORT is set.
+    """A worker serves its Prometheus metrics when STREAMCTL_METRICS_PORT is set, on
+    STREAMCTL_METRICS_ADDRESS.
 
     ``worker_init`` fires in the process that runs the tasks (the pool is threads), before the
     worker reports ready, whether it was started by ``streamctl worker`` or ``celery worker``.
@@ -20,7 +51,8 @@ def _start_metrics_exporter(**_: object) -> None:
     from config.settings import get_settings
     from worker.telemetry.metrics import start_exporter
 
-    start_exporter(get_settings().metrics_port)
+    settings = get_settings()
+    start_exporter(settings.metrics_port, str(settings.metrics_address))
 
 
 signals.worker_init.connect(_start_metrics_exporter, weak=False)

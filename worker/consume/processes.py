@@ -10,9 +10,11 @@ many separate workers.
 The parent only supervises. It forwards SIGTERM and SIGQUIT to every child, and turns SIGINT
 into SIGTERM (a warm shutdown): a Ctrl-C at a terminal reaches the children too, and a second
 SIGINT would make Celery abort their running jobs. A child that exits while the group is not
-shutting down is replaced, after a pause that keeps a crash loop from spinning. Each child asks
-the kernel for SIGTERM when the parent dies, so a killed parent leaves no orphan workers
-behind.
+shutting down is replaced, after a pause. A child that keeps failing (a crash loop: its Redis
+turned read-only, say) is not: the group stops and exits with that child's status, so that the
+supervisor above it (systemd, Kubernetes) sees the failure and restarts or reports it. Each
+child asks the kernel for SIGTERM when the parent dies, so a killed parent leaves no orphan
+workers behind.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import os
 import signal
 import sys
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from types import FrameType
 
@@ -32,6 +35,11 @@ log = logging.getLogger("streamctl.processes")
 
 #: Seconds before a child that exited unexpectedly is replaced.
 RESTART_DELAY = 1.0
+#: A child that fails this many times within CRASH_LOOP_WINDOW seconds is in a crash loop:
+#: replacing it again would only hide the failure from the supervisor above. One crash (the
+#: OOM killer, a bug hit once) is still replaced.
+CRASH_LOOP_FAILURES = 3
+CRASH_LOOP_WINDOW = 60.0
 #: linux/prctl.h: deliver a signal to this process when its parent exits.
 _PR_SET_PDEATHSIG = 1
 
@@ -60,10 +68,14 @@ def _numbered(nodename: str, index: int) -> str:
 def supervise(processes: int, run_child: Callable[[int], int]) -> int:
     """Fork ``processes`` children running ``run_child(index)``; return when all have ended.
 
-    Returns 0 after a requested shutdown, else the exit code of the last child to fail.
+    Returns what one Celery worker would: 0 after a requested shutdown (SIGTERM, SIGINT, or
+    SIGQUIT, a cold one); else the exit status of the child whose crash loop stopped the group
+    (128 + N for a child killed by signal N).
     """
     children: dict[int, int] = {}
+    failures: dict[int, deque[float]] = {}
     stopping = False
+    failed_with = 0
     parent = os.getpid()
 
     def spawn(index: int) -> None:
@@ -104,7 +116,6 @@ def supervise(processes: int, run_child: Callable[[int], int]) -> int:
     signal.signal(signal.SIGINT, interrupt)
     for index in range(1, processes + 1):
         spawn(index)
-    exit_code = 0
     while children:
         try:
             pid, status = os.wait()
@@ -114,12 +125,33 @@ def supervise(processes: int, run_child: Callable[[int], int]) -> int:
         code = os.waitstatus_to_exitcode(status)
         if stopping:
             continue
-        exit_code = code or exit_code
+        if code != 0 and _crash_loop(failures.setdefault(index, deque()), time.monotonic()):
+            log.critical(
+                "worker process %d (pid %d) exited with %d, failing %d times within %g s: "
+                "a crash loop; stopping the group",
+                index,
+                pid,
+                code,
+                CRASH_LOOP_FAILURES,
+                CRASH_LOOP_WINDOW,
+            )
+            failed_with = code if code > 0 else 128 - code
+            forward(signal.SIGTERM, None)  # a warm shutdown of the others
+            continue
         log.error("worker process %d (pid %d) exited with %d; starting another", index, pid, code)
         time.sleep(RESTART_DELAY)
         if not stopping:
             spawn(index)
-    return 0 if stopping else exit_code
+    return failed_with
+
+
+def _crash_loop(failed_at: deque[float], now: float) -> bool:
+    """Record a child's failure at ``now``; whether it is the CRASH_LOOP_FAILURES-th within
+    the last CRASH_LOOP_WINDOW seconds."""
+    failed_at.append(now)
+    while failed_at and failed_at[0] < now - CRASH_LOOP_WINDOW:
+        failed_at.popleft()
+    return len(failed_at) >= CRASH_LOOP_FAILURES
 
 
 def _die_with_parent(parent: int) -> None:

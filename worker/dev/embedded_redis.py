@@ -11,6 +11,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -41,9 +42,17 @@ def free_port() -> int:
 class EmbeddedRedis:
     """``redis-server`` on 127.0.0.1 and a free port, in a temporary directory."""
 
-    def __init__(self, *, port: int | None = None, persistence: bool = False) -> None:
+    def __init__(
+        self,
+        *,
+        port: int | None = None,
+        persistence: bool = False,
+        extra_args: Sequence[str] = (),
+    ) -> None:
         self.port = port or free_port()
         self.persistence = persistence
+        #: More redis-server options, e.g. ``("--maxmemory-policy", "allkeys-lru")``.
+        self.extra_args = tuple(extra_args)
         self._dir = tempfile.TemporaryDirectory(prefix="streamctl-redis-")
         self._process: subprocess.Popen[bytes] | None = None
 
@@ -72,6 +81,7 @@ class EmbeddedRedis:
             "yes",
             "--logfile",
             str(self.directory / "redis.log"),
+            *self.extra_args,
         ]
         self._process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         client = redis.Redis(port=self.port, socket_connect_timeout=0.2)

@@ -53,6 +53,8 @@ MESSAGES = {
 }
 #: Bodies remembered for replay detection; past this the oldest are forgotten.
 MAX_SEEN = 200_000
+#: The reply to JSON nested past what the decoder takes (its recursion limit).
+TOO_DEEP = "{} is nested too deeply to decode"
 _FAULT_PARAMS = frozenset({"times", "status", "delay", "retry_after", "code"})
 
 
@@ -175,7 +177,7 @@ class Sandbox:
         """
         if fault not in FAULT_KINDS:
             raise ValueError(f"unknown fault {fault!r}; known: {', '.join(FAULT_KINDS)}")
-        if isinstance(target, str) and target != "*":
+        if not (target == "*" if isinstance(target, str) else isinstance(target, Mapping)):
             raise ValueError('target must be a mapping of target fields or "*"')
         key = target if isinstance(target, str) else Target.parse(target).key
         if isinstance(times, bool) or not isinstance(times, int) or times < 1:
@@ -268,6 +270,8 @@ class Sandbox:
             decoded = json.loads(raw)
         except ValueError:  # also UnicodeDecodeError
             decoded = None
+        except RecursionError:  # past the decoder's depth: unreadable, like an oversized body
+            return self._record(text_reply(400, TOO_DEEP.format("the json field")), received_at)
         request = decoded if isinstance(decoded, dict) else None
         key = _target_key(request)
         timestamp = request.get("timestamp") if request is not None else None
@@ -354,7 +358,10 @@ class Sandbox:
 
     def _control(self, path: str, body: bytes) -> Reply:
         try:
-            payload = json.loads(body) if body.strip() else {}
+            try:
+                payload = json.loads(body) if body.strip() else {}
+            except RecursionError:
+                return text_reply(400, TOO_DEEP.format("the body"), "control")
             if not isinstance(payload, dict):
                 raise ValueError("the body must be a JSON object")
             if path == "/_sandbox/faults":

@@ -22,6 +22,20 @@ MAX_STREAM_ID = 2**63 - 1
 
 TARGET_FIELDS = ("app", "inst", "stream", "stream_id")
 JOB_FIELDS = (*TARGET_FIELDS, "origin_url")
+# Characters that are invisible or show as something else, so that a name spoofs what logs,
+# results and Flower show (a bidi override turns "evil\u202egpj.exe" into "evilexe.jpg"):
+# controls, format characters (bidi controls, zero-width ones, the BOM), surrogates,
+# private-use and unassigned code points (unassigned as of Python's Unicode database). A
+# category's label stands in for a name where Unicode gives none.
+_REFUSED_CATEGORIES = {
+    "Cc": "a control character",
+    "Cf": "a format character",
+    "Cs": "a surrogate",
+    "Co": "a private-use code point",
+    "Cn": "an unassigned code point",
+}
+#: Line and paragraph separators break a log line as a newline does.
+_LINE_BREAKS = "\u2028\u2029"
 _HOSTISH = re.compile(r"^[A-Za-z0-9._\-:\[\]]+$")
 
 
@@ -34,11 +48,19 @@ def _check_text(name: str, value: object) -> str:
         raise InvalidTarget(
             f"{name} is {len(value)} characters long; the limit is {MAX_TEXT_LENGTH}"
         )
+    if value.isspace():
+        raise InvalidTarget(f"{name} must not be only whitespace")
     for char in value:
-        category = unicodedata.category(char)
-        if category in ("Cc", "Cs") or char in "\u2028\u2029":
-            raise InvalidTarget(f"{name} contains a control character (U+{ord(char):04X})")
+        if unicodedata.category(char) in _REFUSED_CATEGORIES or char in _LINE_BREAKS:
+            raise InvalidTarget(f"{name}: {_describe(char)} is not allowed")
     return value
+
+
+def _describe(char: str) -> str:
+    """``U+202E (RIGHT-TO-LEFT OVERRIDE)``: the code point, named where Unicode names it."""
+    point = f"U+{ord(char):04X}"
+    label = unicodedata.name(char, "") or _REFUSED_CATEGORIES[unicodedata.category(char)]
+    return f"{point} ({label})"
 
 
 def _check_stream_id(value: object) -> int:
@@ -131,3 +153,13 @@ class CloseJob:
             target=Target.parse(fields),
             origin_url=None if origin is None else check_origin_url(origin),
         )
+
+    def as_fields(self) -> dict[str, str | int]:
+        """The job's request fields: its target's, and origin_url when given.
+
+        They are what makes two jobs the same request (a job id's idempotency rule).
+        """
+        fields = self.target.as_fields()
+        if self.origin_url is not None:
+            fields["origin_url"] = self.origin_url
+        return fields

@@ -30,7 +30,7 @@ from config.settings import Settings, get_settings
 from worker.broker.app import CLOSE_MANY_TASK
 from worker.broker.app import app as default_app
 from worker.broker.messages import chunk_kwargs, chunk_repr, chunk_sizes, split
-from worker.errors import StreamctlError
+from worker.errors import IdempotencyConflict, StreamctlError
 from worker.model.results import Outcome
 from worker.model.targets import CloseJob
 from worker.produce.producer import PUBLISH_RETRY_POLICY, EnqueueError, check_expires, close_kwargs
@@ -74,10 +74,7 @@ def new_batch_id() -> str:
 
 def target_record(job: CloseJob) -> dict[str, Any]:
     """What a batch keeps of each job, for ``--retry-failed``: the fields that go to the API."""
-    record: dict[str, Any] = dict(job.target.as_fields())
-    if job.origin_url is not None:
-        record["origin_url"] = job.origin_url
-    return record
+    return dict(job.as_fields())
 
 
 class BatchSender:
@@ -124,6 +121,14 @@ class BatchSender:
         since = log_position(self.redis, self.settings.results_log)
         records = {job_id: target_record(job) for job_id, job, _ in messages}
         try:
+            # A batch's job ids are derived (a scheduled batch's predictably): one that a close
+            # holds as its idempotency key names that close's job, so the batch is refused.
+            if held := self.jobs.claimed_job_ids(job_ids):
+                raise IdempotencyConflict(
+                    f"batch {batch_id}: job id {held[0]} is held by another job ({len(held)} "
+                    f"of the batch's {len(job_ids)} job ids are); nothing was enqueued: give "
+                    "the batch another id"
+                )
             self.batches.create(batch_id, len(records), rate=rate)
         except redis.RedisError as exc:
             raise EnqueueError(f"Redis at REDIS_URL is unreachable: {type(exc).__name__}") from None

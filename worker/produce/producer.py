@@ -2,7 +2,8 @@
 
 A producer validates the target first (a bad job raises ``InvalidTarget`` and nothing is
 enqueued) and may pass its own job id as an idempotency key: a job id that is pending or done
-is not enqueued again, so the stream is not closed twice.
+is not enqueued again, so the stream is not closed twice; given with another target or
+origin_url it is refused (``IdempotencyConflict``), never answered with the other job.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from celery import Celery
 from config.settings import Settings, get_settings
 from worker.broker.app import CLOSE_TASK
 from worker.broker.app import app as default_app
-from worker.errors import InvalidTarget, StreamctlError
+from worker.errors import IdempotencyConflict, InvalidTarget, StreamctlError
 from worker.model.targets import CloseJob, check_origin_url
 from worker.store.jobs import CLAIM_TTL, JobState
 from worker.store.redis import job_state, redis_client
@@ -80,9 +81,7 @@ def close_kwargs(
     job: CloseJob, *, enqueued_at: float, expires_at: float, batch_id: str | None
 ) -> dict[str, Any]:
     """A validated job's task keyword arguments: its target fields and the producer's meta."""
-    kwargs: dict[str, Any] = dict(job.target.as_fields())
-    if job.origin_url is not None:
-        kwargs["origin_url"] = job.origin_url
+    kwargs: dict[str, Any] = dict(job.as_fields())
     kwargs["enqueued_at"] = round(enqueued_at, 3)
     kwargs["expires_at"] = round(expires_at, 3)
     if batch_id is not None:
@@ -124,8 +123,13 @@ class Producer:
         # This producer's claims, per thread: a caller that retries a failed enqueue from the
         # same thread finds its own claim (even one whose reply was lost) and goes on at once.
         token = f"{self._claim_token}:{threading.get_ident()}"
+        # What makes a repeat the same job: the target and origin_url, not the expiry (a
+        # caller retrying a close recomputes it; the first job's expiry stands).
+        request = job.as_fields()
         try:
-            claimed = self.state.claim_job_id(job_id, token)
+            claimed = self.state.claim_job_id(job_id, token, request)
+        except IdempotencyConflict:
+            raise
         except Exception as exc:
             raise EnqueueError(f"Redis at REDIS_URL is unreachable: {type(exc).__name__}") from None
         if claimed is False:
@@ -151,13 +155,13 @@ class Producer:
         except Exception as exc:
             # With Redis unreachable too, the claim cannot be released: it expires instead.
             with contextlib.suppress(Exception):
-                self.state.release_job_id(job_id, token)
+                self.state.release_job_id(job_id, token, request)
             raise EnqueueError(
                 f"could not enqueue the job: the broker is unreachable ({type(exc).__name__})"
             ) from None
         # Published: a failure to record it only shortens how long the id stays deduplicated.
         with contextlib.suppress(Exception):
-            self.state.confirm_job_id(job_id)
+            self.state.confirm_job_id(job_id, request)
         return job_id
 
 

@@ -16,7 +16,13 @@ Celery's own ``rate_limit`` is per worker; this one bounds all workers together.
 
 A wait up to ``STREAMCTL_THROTTLE_HOLD`` is slept in the worker thread; a longer one raises
 Throttled: the job goes back to the broker with a countdown, its send time stays reserved for
-it (a per-job slot key), so it does not queue again behind later jobs when it comes back.
+it (a per-job slot key), so it does not queue again behind later jobs when it comes back. No
+wait outlasts the job's expiry (JobExpired instead).
+
+A go without a wait also claims the attempt's timestamp (worker.api.clock) in the same script,
+so the common unthrottled attempt costs one round trip. After a wait the client claims it, right
+before it sends: a timestamp claimed before the wait would be seconds old at the send, and a
+later claim with a shorter wait could reach the API first.
 """
 
 from __future__ import annotations
@@ -46,10 +52,11 @@ GO, FULL, THROTTLED, CANCELLED, TOO_LATE = range(5)
 
 # Times are integer microseconds from Redis's own clock, so workers' clocks do not matter.
 # KEYS: cluster TAT, busy-until, in-flight leases, the batch hash, the batch TAT, the job slot,
-#       and optionally the target's timestamp key (worker.api.clock), claimed on a go.
+#       and optionally the target's timestamp key (worker.api.clock), claimed on a go at once.
 # ARGV: cluster interval, burst, busy interval, max in flight (0: none), lease id, lease length,
 #       longest wait the caller will sleep, latest send time (0: none), slot key lifetime (ms),
 #       the local time in seconds to claim a timestamp from, the timestamp key's lifetime.
+# Reply: {status, wait in microseconds}, and on a go the claimed timestamp (0: none claimed).
 _ACQUIRE = (
     CLAIM_FUNCTION
     + """
@@ -101,9 +108,14 @@ if max_in_flight > 0 then
   redis.call('ZADD', KEYS[3], string.format('%.0f', lapse), ARGV[5])
   redis.call('PEXPIRE', KEYS[3], math.ceil((lapse - now) / 1000) + 1000)
 end
+-- A go that must wait claims no timestamp: the caller claims after its wait, right before
+-- it sends, so that a claim is never older than its send nor overtaken by a later one.
+local wait = math.floor(at - now)
 local claimed = 0
-if KEYS[7] then claimed = claim_timestamp(KEYS[7], tonumber(ARGV[10]), tonumber(ARGV[11])) end
-return {0, math.floor(at - now), claimed}
+if KEYS[7] and wait == 0 then
+  claimed = claim_timestamp(KEYS[7], tonumber(ARGV[10]), tonumber(ARGV[11]))
+end
+return {0, wait, claimed}
 """
 )
 
@@ -182,8 +194,10 @@ class ClusterLimiter:
     def before_send(self, context: SendContext) -> Permit:
         """Wait for the limiter's go; raise JobCancelled, JobExpired or Throttled instead.
 
-        With ``context.timestamp_key`` the go also carries the attempt's timestamp, claimed in
-        the same script: one Redis round trip before each attempt instead of two.
+        With ``context.timestamp_key`` a go without a wait also carries the attempt's
+        timestamp, claimed in the same script: one Redis round trip before an unthrottled
+        attempt instead of two. After a wait the client claims (one more round trip, for
+        throttled attempts only). No wait outlasts the job's expiry.
         """
         config = self.config
         lease = uuid.uuid4().hex
@@ -200,9 +214,12 @@ class ClusterLimiter:
                 countdown = min(max(wait - config.hold / 2, 0.0), config.max_countdown)
                 raise Throttled(f"rate limited for {wait:.1f} s", wait=countdown)
             if status == FULL:
+                remaining = context.expires_at - time.time() if context.expires_at else math.inf
+                if remaining <= 0:
+                    raise JobExpired("every in-flight slot was busy until the job's expiry")
                 if left <= 0:
                     raise Throttled("every in-flight slot is busy", wait=min(1.0, config.hold))
-                self._wait_for_release(min(max(wait, 0.001), left))
+                self._wait_for_release(min(max(wait, 0.001), left, remaining))
                 continue
             if wait > 0:
                 time.sleep(wait)
@@ -239,7 +256,8 @@ class ClusterLimiter:
                 _us(max_wait),
                 _us(context.expires_at) if context.expires_at else 0,
                 int((config.max_countdown + config.hold) * 1000) + 60_000,
-                context.timestamp_now,
+                # Read at the claim, not when the attempt began (a wait for a slot may lie between).
+                context.timestamp_now() if context.timestamp_now is not None else 0,
                 CLAIM_TTL_SECONDS,
             ],
         )

@@ -19,26 +19,37 @@ Both were found by the fault suite (tests/faults/):
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 from collections.abc import Callable
 from queue import Empty
 from typing import Any
 
+import kombu
 import redis
 from kombu.transport import redis as kombu_redis
 
+from worker.errors import IncompatibleDependency
+
 log = logging.getLogger("streamctl.broker")
 
-_original_connparams: Callable[..., Any] = kombu_redis.Channel._connparams
-_original_brpop_read: Callable[..., Any] = kombu_redis.Channel._brpop_read
-_OriginalMessage: Any = kombu_redis.Channel.Message
+#: The private names of ``kombu.transport.redis.Channel`` the guards replace. They are not
+#: kombu's public API: ``install`` checks that they are there, as the guards call them, before
+#: it replaces anything, so that another kombu fails at start with a clear error, not with an
+#: AttributeError in the middle of a Redis restart.
+PATCHED = ("_connparams", "_brpop_read", "Message")
+#: The kombu the guards were written and tested against (tests/faults/).
+TESTED_WITH = "5.7"
+
+#: Kombu's own versions of the patched names, and the Channel class they were taken from.
+_originals: dict[str, Any] = {}
 
 
 def _connparams(self: Any, asynchronous: bool = False) -> Any:
     if self.connection is None or self.connection.client is None:
         raise redis.ConnectionError("the broker connection is already closed")
-    return _original_connparams(self, asynchronous)
+    return _originals["_connparams"](self, asynchronous)
 
 
 def _dropped(reason: str) -> Empty:
@@ -49,22 +60,54 @@ def _dropped(reason: str) -> Empty:
 
 def _brpop_read(self: Any, **options: Any) -> Any:
     try:
-        return _original_brpop_read(self, **options)
+        return _originals["_brpop_read"](self, **options)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:  # the envelope itself
         raise _dropped(type(exc).__name__) from None
 
 
-class _CheckedMessage(_OriginalMessage):  # type: ignore[misc]
-    def __init__(self, payload: Any, channel: Any = None, **kwargs: Any) -> None:
-        try:
-            super().__init__(payload, channel=channel, **kwargs)
-        except Exception as exc:  # any malformed envelope: there is nothing to ack yet
-            raise _dropped(type(exc).__name__) from None
+def _checked_message(original: type) -> type:
+    class _CheckedMessage(original):  # type: ignore[misc]
+        def __init__(self, payload: Any, channel: Any = None, **kwargs: Any) -> None:
+            try:
+                super().__init__(payload, channel=channel, **kwargs)
+            except Exception as exc:  # any malformed envelope: there is nothing to ack yet
+                raise _dropped(type(exc).__name__) from None
+
+    return _CheckedMessage
+
+
+def check_patchable(channel: Any) -> None:
+    """Raise IncompatibleDependency unless ``channel`` has the names the guards replace, in the
+    shape the guards call them."""
+    problems = [f"no {name}" for name in PATCHED if not callable(getattr(channel, name, None))]
+    if not problems:
+        if not _accepts(channel._connparams, "asynchronous"):
+            problems.append("_connparams takes no 'asynchronous' argument")
+        if not isinstance(channel.Message, type) or not _accepts(channel.Message, "channel"):
+            problems.append("Message is not a class taking a 'channel' argument")
+    if problems:
+        raise IncompatibleDependency(
+            f"kombu {kombu.__version__} is not supported: kombu.transport.redis.Channel has "
+            f"{'; '.join(problems)} (worker.broker.guards.kombu guards these private names; it was "
+            f"tested with kombu {TESTED_WITH}): install the kombu version pyproject.toml allows"
+        )
+
+
+def _accepts(function: Callable[..., Any], argument: str) -> bool:
+    try:
+        parameters = inspect.signature(function).parameters
+    except (TypeError, ValueError):  # no signature to read: it cannot be vouched for
+        return False
+    return argument in parameters
 
 
 def install() -> None:
-    """Put the guards in place (idempotent)."""
+    """Put the guards in place (idempotent); IncompatibleDependency if kombu lacks a name."""
     channel: Any = kombu_redis.Channel
+    if _originals.get("Channel") is channel:
+        return
+    check_patchable(channel)
+    _originals.update({name: getattr(channel, name) for name in PATCHED}, Channel=channel)
     channel._connparams = _connparams
     channel._brpop_read = _brpop_read
-    channel.Message = _CheckedMessage
+    channel.Message = _checked_message(channel.Message)

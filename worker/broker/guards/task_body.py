@@ -1,4 +1,4 @@
-"""The close task's Celery strategy: a malformed task message is discarded, never fatal.
+"""The app's task base class: a malformed task message is discarded, never fatal.
 
 Found by the fault suite (tests/faults/test_fault_bad_input.py), Celery 5.7: a message whose
 body is not ``[args, kwargs, embed]`` (``["a", "b"]`` or ``5``, say) raises a ValueError or a
@@ -6,6 +6,10 @@ TypeError while Celery turns it into a request, outside the errors its consumer 
 the worker exits ("Unrecoverable error"). Given back to the queue, the same message then stops
 the next worker. Checking the body's shape first and raising InvalidTaskError makes Celery log
 and drop the message instead.
+
+The guard is the strategy of the app's task base class (``Celery(task_cls=GuardedTask)``), not an
+option of each task: every task the app registers gets it, Celery's own ``celery.*`` tasks and
+any task added later included (tests/test_taskstrategy.py fails for a task without it).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from celery import Task
 from celery.exceptions import InvalidTaskError
 from celery.worker.strategy import default
 
@@ -46,3 +51,9 @@ def checked(task: Any, app: Any, consumer: Any, **options: Any) -> Callable[...,
         return handle(message, body, *args, **kwargs)
 
     return on_message
+
+
+class GuardedTask(Task):  # type: ignore[misc]  # celery ships no type hints
+    """Every task of the app: Celery's Task, its messages' bodies checked before use."""
+
+    Strategy = "worker.broker.guards.task_body:checked"
