@@ -11,6 +11,9 @@ _settings = _get_settings()
 
 broker_url = _settings.broker_url
 result_backend = _settings.redis_url
+# TLS verified, always (config.tls): kombu alone would not check a rediss:// certificate.
+broker_use_ssl = _settings.broker_ssl or False
+redis_backend_use_ssl = _settings.redis_ssl or {}
 # Redis redelivers a message that was not acknowledged within this time (a crashed worker).
 # Kept shorter than a job's expiry and longer than any countdown (checked by Settings).
 # Kombu sweeps for such messages every interval x throttle seconds, 100 s by default, which

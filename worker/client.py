@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from pydantic import SecretStr
 
+from config.urls import mask_url
 from worker import http, metrics
 from worker.errors import ApiError, JobExpired, TimestampRejected
 from worker.results import Attempt
@@ -86,7 +87,7 @@ class ScaleEngineClient:
         self._before_send = before_send
 
     def __repr__(self) -> str:
-        return f"ScaleEngineClient(url={self._url!r}, cdn={self._account.cdn})"
+        return f"ScaleEngineClient(url={mask_url(self._url)!r}, cdn={self._account.cdn})"
 
     @property
     def cdn(self) -> int:
