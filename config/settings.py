@@ -30,11 +30,11 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from config.tls import amqp_ssl_options, redis_ssl_options
+from config.secrets import read_secret_file
+from config.tls import TLSFiles, broker_files, check_tls_files, ssl_options
 from config.urls import (
     BROKER_SCHEMES,
     REDIS_SCHEMES,
-    TLS_SCHEMES,
     check_url,
     has_password,
     with_password,
@@ -84,13 +84,6 @@ def parse_rate(value: object) -> float | None:
     return per_second
 
 
-_TLS_PARTS = ("CA_BUNDLE", "CLIENT_CERT", "CLIENT_KEY")
-
-
-def _scheme(url: str) -> str:
-    return urlsplit(url).scheme.lower()
-
-
 class Settings(BaseSettings):
     """Every setting of streamctl. Build it with ``load_settings()``."""
 
@@ -111,14 +104,12 @@ class Settings(BaseSettings):
     # The key is not the secret, but it is still kept out of reprs and logs. Each secret may
     # come from a file instead (``*_FILE``: Docker and Kubernetes secrets); a ``*_file`` field
     # holds the file's content, and comes first so that its variable's validator can see it.
-    api_key_file: SecretStr | None = Field(
-        None, validation_alias=_bare("SCALEENGINE_API_KEY_FILE"), repr=False
-    )
+    api_key_file: SecretStr | None = Field(None, validation_alias=_bare("SCALEENGINE_API_KEY_FILE"))
     api_key: SecretStr | None = Field(
         None, validation_alias=_bare("SCALEENGINE_API_KEY"), validate_default=True
     )
     api_secret_file: SecretStr | None = Field(
-        None, validation_alias=_bare("SCALEENGINE_API_SECRET_FILE"), repr=False
+        None, validation_alias=_bare("SCALEENGINE_API_SECRET_FILE")
     )
     api_secret: SecretStr | None = Field(
         None, validation_alias=_bare("SCALEENGINE_API_SECRET"), validate_default=True
@@ -128,16 +119,16 @@ class Settings(BaseSettings):
     # --- Redis and the broker ------------------------------------------------------------
     #: Passwords given apart from the URLs (then any character works, unencoded); they are
     #: put into the URLs, percent-encoded. The URLs are kept out of reprs for that reason.
-    redis_password_file: SecretStr | None = Field(None, repr=False)
-    redis_password: SecretStr | None = Field(None, validate_default=True, repr=False)
+    redis_password_file: SecretStr | None = None
+    redis_password: SecretStr | None = Field(None, validate_default=True)
     redis_url: str = Field(
         "redis://localhost:6379/0",
         validation_alias=_bare("REDIS_URL"),
         validate_default=True,
         repr=False,
     )
-    broker_password_file: SecretStr | None = Field(None, repr=False)
-    broker_password: SecretStr | None = Field(None, validate_default=True, repr=False)
+    broker_password_file: SecretStr | None = None
+    broker_password: SecretStr | None = Field(None, validate_default=True)
     celery_broker_url: str | None = Field(
         None, validation_alias=_bare("CELERY_BROKER_URL"), repr=False
     )
@@ -261,17 +252,7 @@ class Settings(BaseSettings):
     )
     @classmethod
     def _read_secret_file(cls, value: object) -> SecretStr | None:
-        if value is None or value == "":
-            return None
-        try:
-            content = Path(str(value)).read_text(encoding="utf-8")
-        except (OSError, UnicodeError) as exc:
-            reason = getattr(exc, "strerror", None) or type(exc).__name__
-            raise ValueError(f"cannot read the file ({reason})") from None
-        content = content.rstrip("\r\n")  # editors and `echo` end files with a newline
-        if not content:
-            raise ValueError("the file is empty")
-        return SecretStr(content)
+        return read_secret_file(value)
 
     @field_validator("api_key", "api_secret", "redis_password", "broker_password")
     @classmethod
@@ -358,51 +339,28 @@ class Settings(BaseSettings):
                 "STREAMCTL_BROKER_PASSWORD: set only with CELERY_BROKER_URL; the broker is "
                 "REDIS_URL, whose password is STREAMCTL_REDIS_PASSWORD"
             )
-        redis_files_used = _scheme(self.redis_url) == "rediss" or self._broker_tls_prefix == "redis"
-        broker_files_used = _scheme(self.broker_url) in TLS_SCHEMES
-        for prefix, used in (("REDIS", redis_files_used), ("BROKER", broker_files_used)):
-            names = [f"STREAMCTL_{prefix}_{part}" for part in _TLS_PARTS]
-            values = [getattr(self, name.removeprefix("STREAMCTL_").lower()) for name in names]
-            if values[2] is not None and values[1] is None:
-                raise ValueError(f"{names[2]}: needs {names[1]}, the certificate of that key")
-            for name, value in zip(names, values, strict=True):
-                if value is not None and not used:
-                    url = "REDIS_URL" if prefix == "REDIS" else "CELERY_BROKER_URL"
-                    tls = "rediss://" if prefix == "REDIS" else "rediss:// or amqps://"
-                    raise ValueError(f"{name}: {url} is not a {tls} URL, so it would be unused")
+        check_tls_files(self.redis_url, self.broker_url, self._redis_tls, self._broker_tls)
 
     @property
-    def _broker_tls_prefix(self) -> str:
-        """Whose TLS files the broker uses: a Redis broker with none of its own, Redis' ones."""
-        own = (self.broker_ca_bundle, self.broker_client_cert, self.broker_client_key)
-        if _scheme(self.broker_url) == "rediss" and all(value is None for value in own):
-            return "redis"
-        return "broker"
+    def _redis_tls(self) -> TLSFiles:
+        return TLSFiles(self.redis_ca_bundle, self.redis_client_cert, self.redis_client_key)
+
+    @property
+    def _broker_tls(self) -> TLSFiles:
+        return TLSFiles(self.broker_ca_bundle, self.broker_client_cert, self.broker_client_key)
 
     # --- derived -------------------------------------------------------------------------------
 
     @property
     def redis_ssl(self) -> dict[str, Any] | None:
         """redis-py's SSL options for REDIS_URL (state client, result backend); None: no TLS."""
-        return redis_ssl_options(
-            self.redis_url,
-            ca_bundle=self.redis_ca_bundle,
-            client_cert=self.redis_client_cert,
-            client_key=self.redis_client_key,
-        )
+        return ssl_options(self.redis_url, self._redis_tls)
 
     @property
     def broker_ssl(self) -> dict[str, Any] | None:
         """Celery's ``broker_use_ssl`` for the broker's URL; None: no TLS."""
-        prefix = self._broker_tls_prefix
-        files = {
-            "ca_bundle": getattr(self, f"{prefix}_ca_bundle"),
-            "client_cert": getattr(self, f"{prefix}_client_cert"),
-            "client_key": getattr(self, f"{prefix}_client_key"),
-        }
-        if _scheme(self.broker_url) == "amqps":
-            return amqp_ssl_options(self.broker_url, **files)
-        return redis_ssl_options(self.broker_url, **files)
+        files = broker_files(self.broker_url, self._redis_tls, self._broker_tls)
+        return ssl_options(self.broker_url, files)
 
     @property
     def broker_url(self) -> str:

@@ -284,3 +284,12 @@ def test_the_api_client_repr_masks_the_url_credentials(redis_client: Any) -> Non
     )
     assert "pa55word" not in repr(client) and "apiuser" not in repr(client)
     assert "https://***@api.example.com/stable/" in repr(client)
+
+
+def test_the_broker_password_variable_reaches_the_broker(guarded_redis: Any) -> None:
+    broker = f"redis://127.0.0.1:{guarded_redis.port}/1"
+    checked = streamctl_check(CELERY_BROKER_URL=broker, STREAMCTL_BROKER_PASSWORD=AWKWARD_PASSWORD)
+    assert statuses(checked.stdout)["broker"] == "ok", checked.stdout
+    assert statuses(streamctl_check(CELERY_BROKER_URL=broker).stdout)["broker"] == "fail"
+    for fragment in FRAGMENTS:
+        assert fragment not in checked.stdout + checked.stderr
