@@ -5,7 +5,7 @@ Error messages never contain any part of the URL: it may hold a password.
 
 from __future__ import annotations
 
-from urllib.parse import parse_qsl, quote, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 #: Schemes of REDIS_URL (job state, results, result backend, and the broker by default).
 REDIS_SCHEMES = ("redis", "rediss", "unix")
@@ -96,3 +96,20 @@ def mask_url(url: str) -> str:
     for end in ("?", "#"):
         shown = shown.split(end, 1)[0]
     return f"{scheme}://{shown}"
+
+
+def celery_url(url: str) -> str:
+    """``url`` as kombu and Celery's Redis backend spell it: neither knows ``unix://``.
+
+    Both take a socket as ``redis+socket:///path``, with the database as ``virtual_host``;
+    redis-py (the state client) reads ``unix:///path?db=N`` as it is.
+    """
+    parts = urlsplit(url)
+    if parts.scheme.lower() != "unix":
+        return url
+    query = [
+        ("virtual_host" if key == "db" else key, value) for key, value in parse_qsl(parts.query)
+    ]
+    # Built by hand: urlunsplit drops the "//" of an empty authority, which kombu needs.
+    suffix = f"?{urlencode(query)}" if query else ""
+    return f"redis+socket://{parts.netloc}{parts.path}{suffix}"

@@ -78,7 +78,9 @@ class PrivateRedis:
             stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + timeout
-        while not (self.log.exists() and b"Ready to accept connections" in self.log.read_bytes()):
+        while not (
+            self.log.exists() and b"ready to accept connections" in self.log.read_bytes().lower()
+        ):
             if self._process.poll() is not None or time.monotonic() > deadline:
                 self.stop()
                 log = self.log.read_text(errors="replace") if self.log.exists() else ""

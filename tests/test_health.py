@@ -293,3 +293,27 @@ def test_the_broker_password_variable_reaches_the_broker(guarded_redis: Any) -> 
     assert statuses(streamctl_check(CELERY_BROKER_URL=broker).stdout)["broker"] == "fail"
     for fragment in FRAGMENTS:
         assert fragment not in checked.stdout + checked.stderr
+
+
+def test_a_unix_socket_redis_works_end_to_end(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """REDIS_URL=unix://: check, a worker (broker, result backend, state) and close --wait."""
+    from tests.conftest import WorkerProcess
+    from tests.private_redis import PrivateRedis
+
+    folder = tmp_path_factory.mktemp("unix")
+    socket_path = folder / "redis.sock"
+    args = ("--port", "0", "--unixsocket", str(socket_path), "--unixsocketperm", "700")
+    with PrivateRedis(folder, *args):
+        url = f"unix://{socket_path}?db=2"
+        checked = streamctl_check(REDIS_URL=url)
+        assert statuses(checked.stdout)["redis"] == "ok", checked.stdout
+        worker = WorkerProcess(folder / "worker.log", concurrency=2, env={"REDIS_URL": url})
+        worker.start()
+        try:
+            closed = streamctl(
+                "close", "--stream-id", "79", "--wait", "--timeout", "20", REDIS_URL=url
+            )
+        finally:
+            worker.stop()
+    assert closed.returncode == 0, closed.stdout + closed.stderr
+    assert json.loads(closed.stdout.splitlines()[-1])["outcome"] == "success"
