@@ -28,46 +28,45 @@ def check_url(url: str, schemes: tuple[str, ...]) -> str:
     scheme, separator, rest = url.partition("://")
     scheme = scheme.lower()
     if not separator:
-        return _fail("must be a URL such as redis://localhost:6379/0")
+        raise ValueError("must be a URL such as redis://localhost:6379/0")
     if scheme == "sentinel":
-        return _fail(
+        raise ValueError(
             "Sentinel is not supported yet: give the master's address as redis:// or rediss://"
         )
     if scheme not in schemes:
-        return _fail(
+        raise ValueError(
             f"must be a {', '.join(f'{name}://' for name in schemes[:-1])} or {schemes[-1]}:// URL"
         )
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # its message may quote the URL
+        raise ValueError("the host is not a valid name or address") from None
     # A raw '#', '/' or '?' in the password ends the authority early; the '@' that follows the
     # password is then found in what was read as the path, query or fragment.
     if ("@" not in parts.netloc and "@" in rest) or parts.netloc.count("@") > 1:
-        return _fail(f"the URL is ambiguous: {ENCODE_HINT}")
+        raise ValueError(f"the URL is ambiguous: {ENCODE_HINT}")
     try:
         parts.port  # noqa: B018 (the property parses it)
     except ValueError:
-        return _fail(f"the port must be a number (or the password holds a ':', {ENCODE_HINT})")
+        raise ValueError("the port must be a number") from None
     query = parse_qsl(parts.query, keep_blank_values=True)
     if any(word in key.lower() for key, _value in query for word in _TLS_QUERY_WORDS):
-        return _fail(
+        raise ValueError(
             "TLS options in the URL's query are not accepted: certificates are always "
             "verified; name the CA bundle and client certificate with the STREAMCTL_*_CA_BUNDLE, "
             "*_CLIENT_CERT and *_CLIENT_KEY settings"
         )
     if scheme == "unix":
         if not parts.path:
-            return _fail("a unix:// URL names the socket's path, as unix:///run/redis.sock")
+            raise ValueError("a unix:// URL names the socket's path, as unix:///run/redis.sock")
         database = dict(query).get("db", "0")
     elif scheme in ("redis", "rediss"):
         database = parts.path.strip("/") or "0"
     else:
         database = "0"
     if not database.isdigit():
-        return _fail("the database must be a number, as in redis://localhost:6379/0")
+        raise ValueError("the database must be a number, as in redis://localhost:6379/0")
     return url
-
-
-def _fail(message: str) -> str:
-    raise ValueError(message)
 
 
 def has_password(url: str) -> bool:

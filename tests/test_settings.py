@@ -157,6 +157,7 @@ PASSWORD_FRAGMENTS = ("p#a", "a/s", "s?s", "#a/", "/s?")
         ("CELERY_BROKER_URL", "sqs://queue", "CELERY_BROKER_URL: must be a redis://, rediss://"),
         ("REDIS_URL", "redis://127.0.0.1:notaport/0", "REDIS_URL: the port must be a number"),
         ("REDIS_URL", "redis://127.0.0.1:6379/zero", "REDIS_URL: the database must be a number"),
+        ("REDIS_URL", "redis://:pw@[::1:6379/0", "REDIS_URL: the host is not a valid name"),
         ("REDIS_URL", "rediss://127.0.0.1/0?ssl_cert_reqs=none", "REDIS_URL: TLS options"),
         ("CELERY_BROKER_URL", "rediss://h/0?ssl_check_hostname=false", "CELERY_BROKER_URL: TLS"),
         ("CELERY_BROKER_URL", "amqps://h//?ssl=false", "CELERY_BROKER_URL: TLS options"),
