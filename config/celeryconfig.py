@@ -6,11 +6,15 @@ Every value comes from the one settings object; nothing here is a second source 
 from __future__ import annotations
 
 from config.settings import get_settings as _get_settings
+from config.urls import celery_url
 
 _settings = _get_settings()
 
-broker_url = _settings.broker_url
-result_backend = _settings.redis_url
+broker_url = celery_url(_settings.broker_url)
+result_backend = celery_url(_settings.redis_url)
+# TLS verified, always (config.tls): kombu alone would not check a rediss:// certificate.
+broker_use_ssl = _settings.broker_ssl or False
+redis_backend_use_ssl = _settings.redis_ssl or {}
 # Redis redelivers a message that was not acknowledged within this time (a crashed worker).
 # Kept shorter than a job's expiry and longer than any countdown (checked by Settings).
 # Kombu sweeps for such messages every interval x throttle seconds, 100 s by default, which

@@ -16,7 +16,7 @@ import ipaddress
 import re
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -25,12 +25,22 @@ from pydantic import (
     IPvAnyAddress,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from config.errors import ConfigError
+from config.secrets import read_secret_file
+from config.tls import TLSFiles, broker_files, check_tls_files, ssl_options
+from config.urls import (
+    BROKER_SCHEMES,
+    REDIS_SCHEMES,
+    check_url,
+    has_password,
+    with_password,
+)
 
 PositiveFloat = Annotated[float, Field(gt=0)]
 PositiveInt = Annotated[int, Field(gt=0)]
@@ -92,14 +102,47 @@ class Settings(BaseSettings):
         "https://api.scaleengine.net/stable/", validation_alias=_bare("SCALEENGINE_API_URL")
     )
     cdn: int | None = Field(None, gt=0, validation_alias=_bare("SCALEENGINE_CDN"))
-    # The key is not the secret, but it is still kept out of reprs and logs.
-    api_key: SecretStr | None = Field(None, validation_alias=_bare("SCALEENGINE_API_KEY"))
-    api_secret: SecretStr | None = Field(None, validation_alias=_bare("SCALEENGINE_API_SECRET"))
+    # The key is not the secret, but it is still kept out of reprs and logs. Each secret may
+    # come from a file instead (``*_FILE``: Docker and Kubernetes secrets); a ``*_file`` field
+    # holds the file's content, and comes first so that its variable's validator can see it.
+    api_key_file: SecretStr | None = Field(None, validation_alias=_bare("SCALEENGINE_API_KEY_FILE"))
+    api_key: SecretStr | None = Field(
+        None, validation_alias=_bare("SCALEENGINE_API_KEY"), validate_default=True
+    )
+    api_secret_file: SecretStr | None = Field(
+        None, validation_alias=_bare("SCALEENGINE_API_SECRET_FILE")
+    )
+    api_secret: SecretStr | None = Field(
+        None, validation_alias=_bare("SCALEENGINE_API_SECRET"), validate_default=True
+    )
     origin_url: str | None = Field(None, validation_alias=_bare("SCALEENGINE_ORIGIN_URL"))
 
     # --- Redis and the broker ------------------------------------------------------------
-    redis_url: str = Field("redis://localhost:6379/0", validation_alias=_bare("REDIS_URL"))
-    celery_broker_url: str | None = Field(None, validation_alias=_bare("CELERY_BROKER_URL"))
+    #: Passwords given apart from the URLs (then any character works, unencoded); they are
+    #: put into the URLs, percent-encoded. The URLs are kept out of reprs for that reason.
+    redis_password_file: SecretStr | None = None
+    redis_password: SecretStr | None = Field(None, validate_default=True)
+    redis_url: str = Field(
+        "redis://localhost:6379/0",
+        validation_alias=_bare("REDIS_URL"),
+        validate_default=True,
+        repr=False,
+    )
+    broker_password_file: SecretStr | None = None
+    broker_password: SecretStr | None = Field(None, validate_default=True)
+    celery_broker_url: str | None = Field(
+        None, validation_alias=_bare("CELERY_BROKER_URL"), repr=False
+    )
+    #: TLS (rediss://) to Redis: the CA bundle to verify the server with (unset: the system's
+    #: CAs) and a client certificate and key. Verification itself cannot be turned off.
+    redis_ca_bundle: Path | None = None
+    redis_client_cert: Path | None = None
+    redis_client_key: Path | None = None
+    #: The same for a TLS broker (rediss:// or amqps://). A Redis broker with none of these set
+    #: uses the STREAMCTL_REDIS_* ones: it is usually the same server, or one of the same CA.
+    broker_ca_bundle: Path | None = None
+    broker_client_cert: Path | None = None
+    broker_client_key: Path | None = None
     results_channel: str = Field("streamctl:results", min_length=1)
     #: Entries kept in the ``<channel>:log`` stream (approximate trim). 100k results is a few
     #: days of heavy use and about 100 MB of Redis memory at most.
@@ -204,11 +247,59 @@ class Settings(BaseSettings):
             raise ValueError("must use https (plain http is allowed only on loopback)")
         return value
 
+    @field_validator(
+        "api_key_file",
+        "api_secret_file",
+        "redis_password_file",
+        "broker_password_file",
+        mode="before",
+    )
+    @classmethod
+    def _read_secret_file(cls, value: object) -> SecretStr | None:
+        return read_secret_file(value)
+
+    @field_validator("api_key", "api_secret", "redis_password", "broker_password")
+    @classmethod
+    def _secret_or_its_file(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        assert info.field_name is not None
+        from_file = info.data.get(f"{info.field_name}_file")
+        if from_file is None:
+            return value
+        if value is not None and value.get_secret_value():
+            variable = _variable_name(info.field_name)
+            raise ValueError(f"set {variable} or {variable}_FILE, not both")
+        return from_file  # type: ignore[no-any-return]
+
     @field_validator("redis_url", "celery_broker_url")
     @classmethod
-    def _check_broker_url(cls, value: str | None) -> str | None:
-        if value is not None and "://" not in value:
-            raise ValueError("must be a URL such as redis://localhost:6379/0")
+    def _check_url(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return None
+        is_redis = info.field_name == "redis_url"
+        check_url(value, REDIS_SCHEMES if is_redis else BROKER_SCHEMES)
+        password_field = "redis_password" if is_redis else "broker_password"
+        password = info.data.get(password_field)
+        if password is None:
+            return value
+        if has_password(value):
+            raise ValueError(
+                f"holds a password, and {_variable_name(password_field)} is set too: "
+                "give the password in one place"
+            )
+        return with_password(value, password.get_secret_value())
+
+    @field_validator(
+        "redis_ca_bundle",
+        "redis_client_cert",
+        "redis_client_key",
+        "broker_ca_bundle",
+        "broker_client_cert",
+        "broker_client_key",
+    )
+    @classmethod
+    def _check_tls_file(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError("no such file")
         return value
 
     @field_validator("ca_bundle")
@@ -237,6 +328,7 @@ class Settings(BaseSettings):
                 "STREAMCTL_METRICS_PORT: the worker processes take this port and the "
                 f"{self.worker_processes - 1} after it, which must stay under 65536"
             )
+        self._check_connections()
         if self.visibility_timeout >= self.job_expiry:
             raise ValueError(
                 f"STREAMCTL_VISIBILITY_TIMEOUT ({self.visibility_timeout:g} s) must be shorter "
@@ -245,7 +337,34 @@ class Settings(BaseSettings):
             )
         return self
 
+    def _check_connections(self) -> None:
+        if self.broker_password is not None and self.celery_broker_url is None:
+            raise ValueError(
+                "STREAMCTL_BROKER_PASSWORD: set only with CELERY_BROKER_URL; the broker is "
+                "REDIS_URL, whose password is STREAMCTL_REDIS_PASSWORD"
+            )
+        check_tls_files(self.redis_url, self.broker_url, self._redis_tls, self._broker_tls)
+
+    @property
+    def _redis_tls(self) -> TLSFiles:
+        return TLSFiles(self.redis_ca_bundle, self.redis_client_cert, self.redis_client_key)
+
+    @property
+    def _broker_tls(self) -> TLSFiles:
+        return TLSFiles(self.broker_ca_bundle, self.broker_client_cert, self.broker_client_key)
+
     # --- derived -------------------------------------------------------------------------------
+
+    @property
+    def redis_ssl(self) -> dict[str, Any] | None:
+        """redis-py's SSL options for REDIS_URL (state client, result backend); None: no TLS."""
+        return ssl_options(self.redis_url, self._redis_tls)
+
+    @property
+    def broker_ssl(self) -> dict[str, Any] | None:
+        """Celery's ``broker_use_ssl`` for the broker's URL; None: no TLS."""
+        files = broker_files(self.broker_url, self._redis_tls, self._broker_tls)
+        return ssl_options(self.broker_url, files)
 
     @property
     def broker_url(self) -> str:

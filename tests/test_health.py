@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email.utils
 import http.server
+import json
 import os
 import ssl
 import subprocess
@@ -163,3 +164,158 @@ def test_clock_is_compared_with_the_api_date_header(
 )
 def test_skew_limits(skew: float, status: str) -> None:
     assert judge_skew(skew) == status
+
+
+# --- URLs and credentials: validated once, masked wherever shown ------------------------------
+
+AWKWARD_PASSWORD = "p#a/s?s"
+ENCODED_PASSWORD = "p%23a%2Fs%3Fs"
+FRAGMENTS = ("p#a", "a/s", "s?s", "p%23", "%2Fs", "%3Fs")
+
+
+def streamctl(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "worker.cli", *args],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_check_masks_the_api_url_credentials(sandbox: Any) -> None:
+    url = sandbox.url.replace("http://", "http://apiuser:pa55word@")
+    done = streamctl_check(SCALEENGINE_API_URL=url)
+    assert statuses(done.stdout)["configuration"] == "ok", done.stdout
+    assert "pa55word" not in done.stdout + done.stderr
+    assert "apiuser" not in done.stdout and "***@127.0.0.1" in done.stdout
+
+
+@pytest.mark.parametrize(
+    "command",
+    [("check",), ("close", "--stream-id", "1"), ("worker",)],
+    ids=["check", "close", "worker"],
+)
+def test_a_raw_password_is_refused_without_a_traceback_or_a_fragment(
+    command: tuple[str, ...],
+) -> None:
+    done = streamctl(*command, REDIS_URL=f"redis://:{AWKWARD_PASSWORD}@127.0.0.1:6399/0")
+    output = done.stdout + done.stderr
+    assert done.returncode == (1 if command == ("check",) else 2), output
+    assert "REDIS_URL" in output and "percent-encode" in output
+    assert "Traceback" not in output
+    for fragment in FRAGMENTS:
+        assert fragment not in output
+
+
+def test_check_reports_an_unreachable_amqp_broker() -> None:
+    done = streamctl_check(CELERY_BROKER_URL=f"amqp://guest:brokerpw@127.0.0.1:{free_port()}//")
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert statuses(done.stdout)["broker"] == "fail"
+    assert "Traceback" not in done.stderr and "brokerpw" not in done.stdout + done.stderr
+    assert "amqp://***@127.0.0.1" in done.stdout
+
+
+@pytest.fixture(scope="module")
+def guarded_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    from tests.private_redis import PrivateRedis
+
+    folder = tmp_path_factory.mktemp("guarded")
+    with PrivateRedis(folder, "--requirepass", AWKWARD_PASSWORD) as server:
+        yield server
+
+
+def test_a_percent_encoded_password_works_end_to_end(guarded_redis: Any, tmp_path: Path) -> None:
+    """check, close, and a worker (broker, result backend, state) with the password encoded."""
+    from tests.conftest import WorkerProcess
+
+    url = f"redis://:{ENCODED_PASSWORD}@127.0.0.1:{guarded_redis.port}/0"
+    checked = streamctl_check(REDIS_URL=url)
+    assert statuses(checked.stdout)["redis"] == "ok", checked.stdout
+    worker = WorkerProcess(tmp_path / "worker.log", concurrency=2, env={"REDIS_URL": url}).start()
+    try:
+        closed = streamctl("close", "--stream-id", "77", "--wait", "--timeout", "20", REDIS_URL=url)
+    finally:
+        worker.stop()
+    assert closed.returncode == 0, closed.stdout + closed.stderr
+    assert json.loads(closed.stdout.splitlines()[-1])["outcome"] == "success"
+    # Celery's start-up banner shows the broker and the backend, masked.
+    assert f"redis://:**@127.0.0.1:{guarded_redis.port}/0" in worker.log()
+    for fragment in FRAGMENTS:
+        assert fragment not in checked.stdout + closed.stdout + closed.stderr + worker.log()
+
+
+def test_the_redis_password_can_come_from_a_file(guarded_redis: Any, tmp_path: Path) -> None:
+    secret = tmp_path / "redis-password"
+    secret.write_text(AWKWARD_PASSWORD + "\n")
+    env = {
+        "REDIS_URL": f"redis://127.0.0.1:{guarded_redis.port}/0",
+        "STREAMCTL_REDIS_PASSWORD_FILE": str(secret),
+    }
+    checked = streamctl_check(**env)
+    assert statuses(checked.stdout)["redis"] == "ok", checked.stdout
+    closed = streamctl("close", "--stream-id", "78", **env)
+    assert closed.returncode == 0, closed.stdout + closed.stderr
+    without = streamctl_check(REDIS_URL=env["REDIS_URL"])
+    assert statuses(without.stdout)["redis"] == "fail"  # the password is what let it in
+
+
+def test_the_api_client_repr_masks_the_url_credentials(redis_client: Any) -> None:
+    from pydantic import SecretStr
+
+    from worker.api.client import Account, ScaleEngineClient
+    from worker.api.clock import TimestampClock
+    from worker.api.retry import RetryPolicy
+    from worker.api.transport import SessionPool
+
+    client = ScaleEngineClient(
+        api_url="https://apiuser:pa55word@api.example.com/stable/",
+        account=Account(cdn=1, api_key=SecretStr("k"), api_secret=SecretStr("s")),
+        clock=TimestampClock(redis_client, "test-repr"),
+        sessions=SessionPool(),
+        policy=RetryPolicy(
+            max_attempts=1,
+            deadline=1,
+            backoff_initial=0.1,
+            backoff_max=0.1,
+            busy_backoff=0.1,
+            celery_max_retries=0,
+            celery_retry_countdown=1,
+        ),
+        timeout=(1.0, 1.0),
+    )
+    assert "pa55word" not in repr(client) and "apiuser" not in repr(client)
+    assert "https://***@api.example.com/stable/" in repr(client)
+
+
+def test_the_broker_password_variable_reaches_the_broker(guarded_redis: Any) -> None:
+    broker = f"redis://127.0.0.1:{guarded_redis.port}/1"
+    checked = streamctl_check(CELERY_BROKER_URL=broker, STREAMCTL_BROKER_PASSWORD=AWKWARD_PASSWORD)
+    assert statuses(checked.stdout)["broker"] == "ok", checked.stdout
+    assert statuses(streamctl_check(CELERY_BROKER_URL=broker).stdout)["broker"] == "fail"
+    for fragment in FRAGMENTS:
+        assert fragment not in checked.stdout + checked.stderr
+
+
+def test_a_unix_socket_redis_works_end_to_end(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """REDIS_URL=unix://: check, a worker (broker, result backend, state) and close --wait."""
+    from tests.conftest import WorkerProcess
+    from tests.private_redis import PrivateRedis
+
+    folder = tmp_path_factory.mktemp("unix")
+    socket_path = folder / "redis.sock"
+    args = ("--port", "0", "--unixsocket", str(socket_path), "--unixsocketperm", "700")
+    with PrivateRedis(folder, *args):
+        url = f"unix://{socket_path}?db=2"
+        checked = streamctl_check(REDIS_URL=url)
+        assert statuses(checked.stdout)["redis"] == "ok", checked.stdout
+        worker = WorkerProcess(folder / "worker.log", concurrency=2, env={"REDIS_URL": url})
+        worker.start()
+        try:
+            closed = streamctl(
+                "close", "--stream-id", "79", "--wait", "--timeout", "20", REDIS_URL=url
+            )
+        finally:
+            worker.stop()
+    assert closed.returncode == 0, closed.stdout + closed.stderr
+    assert json.loads(closed.stdout.splitlines()[-1])["outcome"] == "success"

@@ -191,7 +191,7 @@ def test_the_refusal_names_the_variable_and_the_fix(servers: dict[str, EmbeddedR
 
 def test_a_broker_that_is_not_redis_is_not_read() -> None:
     settings = load_settings(celery_broker_url="amqp://guest:guest@127.0.0.1:5672/streamctl")
-    assert [name for name, _url in redis_urls(settings)] == ["redis"]
+    assert [name for name, _url, _ssl in redis_urls(settings)] == ["redis"]
 
 
 def test_a_redis_that_does_not_answer_is_a_warning_at_start(

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from pydantic import SecretStr
 
+from config.urls import mask_url
 from worker.api import transport
 from worker.api.clock import TimestampClock
 from worker.api.retry import RetryPolicy
@@ -89,7 +90,7 @@ class ScaleEngineClient:
         self._before_send = before_send
 
     def __repr__(self) -> str:
-        return f"ScaleEngineClient(url={self._url!r}, cdn={self._account.cdn})"
+        return f"ScaleEngineClient(url={mask_url(self._url)!r}, cdn={self._account.cdn})"
 
     @property
     def cdn(self) -> int:

@@ -23,12 +23,13 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import click
 
 from config.settings import Settings, load_settings
+from config.urls import mask_url
 from worker.errors import ConfigError
 
 CLOCK_WARN_SECONDS = 5.0
@@ -44,16 +45,6 @@ class Check:
     name: str
     status: Status
     detail: str
-
-
-def safe_url(url: str) -> str:
-    """A Redis URL without its user name and password, fit for printing."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    port = f":{parts.port}" if parts.port else ""
-    return f"{parts.scheme}://{host}{port}{parts.path}"
 
 
 def judge_skew(skew: float) -> Status:
@@ -75,31 +66,62 @@ def run_checks() -> Iterator[Check]:
     try:
         cdn, _key, _secret = settings.require_credentials()
         del _key, _secret  # checked for presence only
-        yield Check("configuration", "ok", f"cdn {cdn}, API {settings.api_url}")
+        yield Check("configuration", "ok", f"cdn {cdn}, API {mask_url(settings.api_url)}")
     except ConfigError as exc:
         yield Check("configuration", "fail", str(exc))
-    yield _check_redis("redis", settings.redis_url)
+    yield _check_redis("redis", settings.redis_url, settings.redis_ssl)
     if settings.celery_broker_url and settings.celery_broker_url != settings.redis_url:
-        yield _check_redis("broker", settings.celery_broker_url)
+        if urlsplit(settings.broker_url).scheme.lower() in ("amqp", "amqps"):
+            yield _check_amqp(settings.broker_url, settings.broker_ssl)
+        else:
+            yield _check_redis("broker", settings.broker_url, settings.broker_ssl)
     yield from _check_redis_policies(settings)
     yield from _check_api(settings)
 
 
-def _check_redis(name: str, url: str) -> Check:
+def _check_redis(name: str, url: str, ssl_options: dict[str, Any] | None) -> Check:
     import redis
 
-    client = redis.Redis.from_url(
-        url, socket_connect_timeout=REDIS_TIMEOUT, socket_timeout=REDIS_TIMEOUT
-    )
     try:
         started = time.monotonic()
-        client.ping()
+        with redis.Redis.from_url(
+            url,
+            socket_connect_timeout=REDIS_TIMEOUT,
+            socket_timeout=REDIS_TIMEOUT,
+            **(ssl_options or {}),
+        ) as client:
+            client.ping()
         elapsed = (time.monotonic() - started) * 1000
-        return Check(name, "ok", f"{safe_url(url)} answers (PING {elapsed:.1f} ms)")
-    except Exception as exc:  # any failure is the finding; its class names it
-        return Check(name, "fail", f"{safe_url(url)} does not answer: {type(exc).__name__}")
-    finally:
-        client.close()
+        return Check(name, "ok", f"{mask_url(url)} answers (PING {elapsed:.1f} ms)")
+    except Exception as exc:  # any failure is the finding
+        return Check(name, "fail", f"{mask_url(url)} does not answer: {_reason(exc)}")
+
+
+def _check_amqp(url: str, ssl_options: dict[str, Any] | None) -> Check:
+    """A RabbitMQ broker: open and close one AMQP connection, as a worker's first step."""
+    from kombu.connection import Connection
+
+    try:
+        started = time.monotonic()
+        connection = Connection(url, ssl=ssl_options or False, connect_timeout=REDIS_TIMEOUT)  # type: ignore[no-untyped-call]
+        with connection as conn:
+            conn.ensure_connection(max_retries=0)
+        elapsed = (time.monotonic() - started) * 1000
+        return Check("broker", "ok", f"{mask_url(url)} answers (connected in {elapsed:.1f} ms)")
+    except Exception as exc:  # any failure is the finding
+        return Check("broker", "fail", f"{mask_url(url)} does not answer: {_reason(exc)}")
+
+
+def _reason(exc: BaseException) -> str:
+    """The error's class, and for a TLS failure the verification error (it names the fix)."""
+    import ssl
+
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return f"{type(exc).__name__} (certificate: {cause.verify_message})"
+        cause = cause.__cause__ or cause.__context__
+    return type(exc).__name__
 
 
 def _check_redis_policies(settings: Settings) -> Iterator[Check]:
@@ -108,9 +130,9 @@ def _check_redis_policies(settings: Settings) -> Iterator[Check]:
 
     from worker.store.redis_policy import check_url, redis_urls
 
-    for name, url in redis_urls(settings):
+    for name, url, ssl in redis_urls(settings):
         try:
-            finding = check_url(url, timeout=REDIS_TIMEOUT)
+            finding = check_url(url, timeout=REDIS_TIMEOUT, ssl=ssl)
         except (redis.ConnectionError, redis.TimeoutError):
             yield Check(f"{name}-policy", "skip", "not checked: this Redis does not answer")
             continue

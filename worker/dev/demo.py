@@ -21,6 +21,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from config.urls import mask_url
 from worker.dev.embedded_redis import EmbeddedRedis
 
 DEMO_CDN = 1
@@ -98,7 +99,7 @@ def run_demo(*, jobs: int = 40, concurrency: int = 8) -> int:
     sandbox: Any = None
     try:
         redis_server.start()
-        console.print(f"[bold]embedded Redis[/] at {redis_server.url}")
+        console.print(f"[bold]embedded Redis[/] at {mask_url(redis_server.url)}")
         secret = secrets.token_hex(32)
         api_key = "DEMO" + secrets.token_hex(14).upper()
 

@@ -30,6 +30,7 @@ def redis_client(settings: Settings) -> redis.Redis:
         socket_connect_timeout=5,
         socket_timeout=10,
         retry_on_timeout=True,
+        **(settings.redis_ssl or {}),  # rediss://: the certificate is always verified
     )
     return redis.Redis(connection_pool=pool)
 

@@ -21,12 +21,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import redis
 
 from config.settings import Settings
+from config.urls import REDIS_SCHEMES
 from worker.errors import ConfigError
 
 log = logging.getLogger("streamctl.redis")
@@ -38,8 +39,6 @@ FIX = (
 )
 #: A check must not hang a worker's start: a healthy Redis answers in milliseconds.
 CHECK_TIMEOUT = 3.0
-#: URL schemes of a broker that is a Redis this module can connect to.
-REDIS_SCHEMES = ("redis", "rediss", "unix")
 
 Status = Literal["ok", "warn", "fail"]
 
@@ -50,13 +49,18 @@ class PolicyFinding:
     detail: str
 
 
-def check_url(url: str, *, timeout: float = CHECK_TIMEOUT) -> PolicyFinding:
+def check_url(
+    url: str, *, timeout: float = CHECK_TIMEOUT, ssl: dict[str, Any] | None = None
+) -> PolicyFinding:
     """Read the role and ``maxmemory-policy`` of the Redis at ``url`` and judge them.
 
     Raises ``redis.ConnectionError`` or ``redis.TimeoutError`` when that Redis does not answer:
     the caller says what that means for it.
     """
-    client = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
+    # The TLS options of the connection the worker opens: a rediss:// Redis is verified here too.
+    client = redis.Redis.from_url(
+        url, socket_connect_timeout=timeout, socket_timeout=timeout, **(ssl or {})
+    )
     try:
         return _judge(client)
     finally:
@@ -101,12 +105,13 @@ def _judge(client: redis.Redis) -> PolicyFinding:
     )
 
 
-def redis_urls(settings: Settings) -> Iterator[tuple[str, str]]:
-    """``(name, URL)`` of every Redis a worker uses: state and results, and a Redis broker."""
-    yield "redis", settings.redis_url
+def redis_urls(settings: Settings) -> Iterator[tuple[str, str, dict[str, Any] | None]]:
+    """``(name, URL, SSL options)`` of every Redis a worker uses: state and results, and a Redis
+    broker."""
+    yield "redis", settings.redis_url, settings.redis_ssl
     broker = settings.broker_url
     if broker != settings.redis_url and urlsplit(broker).scheme in REDIS_SCHEMES:
-        yield "broker", broker
+        yield "broker", broker, settings.broker_ssl
 
 
 def require_no_eviction(settings: Settings) -> None:
@@ -115,9 +120,9 @@ def require_no_eviction(settings: Settings) -> None:
     A policy that cannot be read, a replica, or a Redis that does not answer yet is logged as a
     warning: the worker starts (Celery waits for an unreachable broker itself).
     """
-    for name, url in redis_urls(settings):
+    for name, url, ssl in redis_urls(settings):
         try:
-            finding = check_url(url)
+            finding = check_url(url, ssl=ssl)
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             log.warning(
                 "the %s: maxmemory-policy not checked: it does not answer (%s)",

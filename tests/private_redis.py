@@ -1,0 +1,125 @@
+"""Redis servers with special configuration for the tests: TLS, a password, a unix socket.
+
+``worker.dev.embedded_redis.EmbeddedRedis`` is the plain one every test shares; these are
+started per test module, on a free port (or none), in a temporary directory, and report ready
+from the server's own log line, since a plain-TCP PING cannot reach a TLS-only or
+password-guarded one.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+from worker.dev.embedded_redis import find_redis_server, free_port
+
+
+def _openssl(*args: str) -> None:
+    subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+
+@dataclass(frozen=True)
+class CertFiles:
+    cert: Path
+    key: Path
+
+
+def make_ca(folder: Path, name: str = "ca") -> CertFiles:
+    """A throwaway certificate authority (EC keys: generated in milliseconds)."""
+    ca = CertFiles(folder / f"{name}.pem", folder / f"{name}-key.pem")
+    _openssl(
+        *("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"),
+        *("-nodes", "-days", "1", "-subj", f"/CN=streamctl test {name}"),
+        *("-keyout", str(ca.key), "-out", str(ca.cert)),
+    )
+    return ca
+
+
+def make_cert(folder: Path, ca: CertFiles, name: str, *, san: str) -> CertFiles:
+    """A certificate for ``san`` (``IP:127.0.0.1``, ``DNS:other.example``) signed by ``ca``."""
+    made = CertFiles(folder / f"{name}.pem", folder / f"{name}-key.pem")
+    request = folder / f"{name}.csr"
+    extensions = folder / f"{name}.ext"
+    extensions.write_text(f"subjectAltName={san}\n")
+    _openssl(
+        *("req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"),
+        *("-nodes", "-subj", f"/CN={name}", "-keyout", str(made.key), "-out", str(request)),
+    )
+    _openssl(
+        *("x509", "-req", "-in", str(request), "-CA", str(ca.cert), "-CAkey", str(ca.key)),
+        *("-CAcreateserial", "-days", "1", "-extfile", str(extensions), "-out", str(made.cert)),
+    )
+    return made
+
+
+class PrivateRedis:
+    """``redis-server`` with extra arguments, ready once its log says so."""
+
+    def __init__(self, folder: Path, *args: str, port: int | None = None) -> None:
+        self.folder = folder
+        self.port = port or free_port()
+        self.args = args
+        self.log = folder / f"redis-{self.port}.log"
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 10.0) -> PrivateRedis:
+        self._process = subprocess.Popen(
+            [
+                find_redis_server(),
+                *("--bind", "127.0.0.1", "--dir", str(self.folder), "--save", ""),
+                *("--appendonly", "no", "--logfile", str(self.log)),
+                # Never Redis' default port: that may be a shared server's.
+                *(() if "--port" in self.args else ("--port", str(self.port))),
+                *self.args,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + timeout
+        while not (
+            self.log.exists() and b"ready to accept connections" in self.log.read_bytes().lower()
+        ):
+            if self._process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                log = self.log.read_text(errors="replace") if self.log.exists() else ""
+                raise RuntimeError(f"redis-server did not start:\n{log[-2000:]}")
+            time.sleep(0.05)
+        return self
+
+    def stop(self) -> None:
+        if self._process is not None and self._process.poll() is None:
+            self._process.terminate()
+            try:
+                self._process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+        self._process = None
+
+    def __enter__(self) -> PrivateRedis:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def tls_redis(
+    folder: Path, server: CertFiles, ca: CertFiles, *, clients: str = "no"
+) -> PrivateRedis:
+    """A TLS-only Redis (no plain port) presenting ``server``; ``clients``: tls-auth-clients."""
+    port = free_port()
+    return PrivateRedis(
+        folder,
+        *("--port", "0", "--tls-port", str(port)),
+        *("--tls-cert-file", str(server.cert), "--tls-key-file", str(server.key)),
+        *("--tls-ca-cert-file", str(ca.cert), "--tls-auth-clients", clients),
+        port=port,
+    )
