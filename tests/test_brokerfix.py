@@ -9,7 +9,7 @@ import kombu
 import pytest
 from kombu.transport import redis as kombu_redis
 
-from worker import brokerfix
+from worker.broker.guards import kombu as brokerfix
 from worker.errors import StreamctlError
 
 
