@@ -116,7 +116,9 @@ NAMES = {
     "quotes": ('say "hi"', "it's", '"quoted"'),
     "backslashes": ("C:\\app", "\\", "a\\/b\\\\n"),
     "non_ascii": ("café", "直播", "straße é ñ"),
-    "emoji": ("😀", "live 🎥", "👩\u200d💻 \U0010fffd"),
+    # An emoji ZWJ sequence, and a 4-byte letter (U+2A6D6, CJK Extension B; private-use code
+    # points such as U+10FFFD are refused as targets).
+    "emoji": ("😀", "live 🎥", "👩\u200d💻 \U0002a6d6"),
     "html": ("<app>", "&inst", "</script>"),
     "everything": ('a/"\\é😀', "'<>&", 'x/\\"直😀/'),
 }

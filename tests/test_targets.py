@@ -34,6 +34,8 @@ SPOOFING = [
     ("\x1b", "U+001B (a control character)"),
     ("\t", "U+0009 (a control character)"),
     ("\u2028", "U+2028 (LINE SEPARATOR)"),
+    # A joiner between letters hides nothing useful and can split lookalikes: refused.
+    ("\u200d", "U+200D (ZERO WIDTH JOINER)"),
 ]
 
 
@@ -64,6 +66,20 @@ def test_whitespace_only_values_are_refused(blank: str) -> None:
 def test_letters_of_any_script_are_kept(name: str) -> None:
     target = Target.parse({"app": name, "inst": "live", "stream": name})
     assert target.app == target.stream == name
+
+
+# Emoji ZWJ sequences: woman technologist, with a skin tone, heart on fire (after VS16).
+@pytest.mark.parametrize("name", ["👩\u200d💻", "live 👩🏽\u200d💻", "❤\ufe0f\u200d🔥 now"])
+def test_emoji_joined_by_zero_width_joiners_are_kept(name: str) -> None:
+    target = Target.parse({"app": "demo-origin", "inst": "live", "stream": name})
+    assert target.stream == name
+
+
+@pytest.mark.parametrize("name", ["\u200d💻", "👩\u200d", "👩\u200d\u200d💻", "a\u200d💻"])
+def test_a_joiner_outside_an_emoji_sequence_is_refused(name: str) -> None:
+    with pytest.raises(InvalidTarget, match=r"U\+200D \(ZERO WIDTH JOINER\) is not allowed"):
+        Target.parse({"app": "demo-origin", "inst": "live", "stream": name})
+
 
 
 def test_close_refuses_a_bidi_override_and_enqueues_nothing(redis_client: redis.Redis) -> None:

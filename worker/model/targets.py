@@ -50,10 +50,31 @@ def _check_text(name: str, value: object) -> str:
         )
     if value.isspace():
         raise InvalidTarget(f"{name} must not be only whitespace")
-    for char in value:
+    for index, char in enumerate(value):
+        if char == _ZERO_WIDTH_JOINER and _joins_emoji(value, index):
+            continue
         if unicodedata.category(char) in _REFUSED_CATEGORIES or char in _LINE_BREAKS:
             raise InvalidTarget(f"{name}: {_describe(char)} is not allowed")
     return value
+
+
+_ZERO_WIDTH_JOINER = "\u200d"
+#: What may stand before the joiner of an emoji ZWJ sequence: a pictograph (So), a skin-tone
+#: modifier (Sk) or the emoji presentation selector (U+FE0F). A pictograph must follow it.
+_EMOJI_VARIATION_SELECTOR = "\ufe0f"
+
+
+def _joins_emoji(value: str, index: int) -> bool:
+    """Whether the joiner at ``index`` joins two emoji (👩 + ZWJ + 💻 is one glyph, 👩‍💻).
+
+    Emoji ZWJ sequences are ordinary in stream names; a joiner anywhere else is refused, being
+    invisible.
+    """
+    if index == 0 or index + 1 >= len(value):
+        return False
+    before, after = value[index - 1], value[index + 1]
+    before_ok = before == _EMOJI_VARIATION_SELECTOR or unicodedata.category(before) in ("So", "Sk")
+    return before_ok and unicodedata.category(after) == "So"
 
 
 def _describe(char: str) -> str:
