@@ -11,6 +11,7 @@ from worker.broker import messages
 from worker.broker.app import CLOSE_MANY_TASK, CLOSE_TASK, app
 from worker.consume.runner import AlreadyFinal, Delivery, RetryLater
 from worker.consume.wiring import runner
+from worker.errors import InvalidChunk
 
 _OPTIONS: dict[str, Any] = {
     "bind": True,
@@ -42,7 +43,7 @@ def close_stream(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
 def close_many(self: Task, *args: Any, **kwargs: Any) -> dict[str, int]:
     try:
         entries = messages.parse_chunk(args, kwargs)
-    except messages.InvalidChunk as exc:
+    except InvalidChunk as exc:
         raise Reject(f"malformed batch message: {exc}", requeue=False) from None
     job_runner = runner()
     deliveries = []

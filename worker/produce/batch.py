@@ -30,11 +30,11 @@ from config.settings import Settings, get_settings
 from worker.broker.app import CLOSE_MANY_TASK
 from worker.broker.app import app as default_app
 from worker.broker.messages import chunk_kwargs, chunk_repr, chunk_sizes, split
-from worker.errors import IdempotencyConflict, StreamctlError
+from worker.errors import EnqueueError, IdempotencyConflict, InvalidLines, StreamctlError
 from worker.model.results import Outcome
 from worker.model.targets import CloseJob
-from worker.produce.producer import PUBLISH_RETRY_POLICY, EnqueueError, check_expires, close_kwargs
-from worker.produce.targetfile import InvalidLines, TargetList, read_targets
+from worker.produce.producer import PUBLISH_RETRY_POLICY, check_expires, close_kwargs
+from worker.produce.targetfile import TargetList, read_targets
 from worker.store.batches import BatchState, check_batch_id
 from worker.store.jobs import JobState
 from worker.store.redis import job_state, redis_client

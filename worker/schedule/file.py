@@ -27,7 +27,7 @@ from celery.schedules import crontab
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from config.settings import parse_rate
-from worker.errors import ConfigError, InvalidTarget, StreamctlError
+from worker.errors import InvalidTarget, ScheduleError, StreamctlError
 from worker.model.targets import CloseJob
 
 #: Entry names go into Redis keys, task ids and batch ids (``<name>.<slot>``, at most 64).
@@ -36,10 +36,6 @@ _DURATION = re.compile(r"^\s*(\d+)\s*(s|m|h|d)?\s*$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 #: Problems listed per target file before the rest are summarised: enough to fix a file by.
 MAX_LISTED = 5
-
-
-class ScheduleError(ConfigError):
-    """The schedule file, or an entry of it, is invalid; the message names each entry."""
 
 
 def parse_every(value: object) -> int:

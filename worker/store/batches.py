@@ -22,7 +22,7 @@ from typing import Any
 
 import redis
 
-from worker.errors import StreamctlError
+from worker.errors import NoSuchBatch, StreamctlError
 from worker.model.results import BATCH_SUMMARY_FIELDS, BatchSummary, Outcome, isoformat
 
 _PREFIX = "streamctl:batch"
@@ -85,10 +85,6 @@ def check_batch_id(batch_id: str) -> str:
             "a batch id is 1 to 64 letters, digits and _.:- (starting with a letter or digit)"
         )
     return batch_id
-
-
-class NoSuchBatch(StreamctlError):
-    """No batch by that id (never started, or older than STREAMCTL_RESULT_TTL)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,4 +199,4 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-__all__ = ["BatchProgress", "BatchState", "NoSuchBatch", "batch_key", "jobs_key"]
+__all__ = ["BatchProgress", "BatchState", "batch_key", "jobs_key"]
