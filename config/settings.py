@@ -13,7 +13,6 @@ worker is redelivered while it may still run.
 from __future__ import annotations
 
 import ipaddress
-import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -34,6 +33,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from config.errors import ConfigError
 from config.secrets import read_secret_file
 from config.tls import TLSFiles, broker_files, check_tls_files, ssl_options
+from config.units import parse_rate
 from config.urls import (
     BROKER_SCHEMES,
     REDIS_SCHEMES,
@@ -58,31 +58,6 @@ def is_loopback_host(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
-
-
-_RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(s|sec|second|m|min|minute|h|hour)\s*$")
-_RATE_UNITS = {"s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60}
-_RATE_UNITS.update({"h": 3600, "hour": 3600})
-
-
-def parse_rate(value: object) -> float | None:
-    """A rate such as ``20/s``, ``1200/m`` or ``20`` (per second), in requests per second.
-
-    None or an empty string means no limit. Raises ValueError on anything else.
-    """
-    if value is None or (isinstance(value, str) and not value.strip()):
-        return None
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        per_second = float(value)
-    elif isinstance(value, str) and (match := _RATE.match(value)):
-        per_second = float(match[1]) / _RATE_UNITS[match[2]]
-    elif isinstance(value, str) and value.strip().replace(".", "", 1).isdigit():
-        per_second = float(value)
-    else:
-        raise ValueError("must be a rate such as 20/s, 1200/m or 5000/h")
-    if not per_second > 0:
-        raise ValueError("must be a positive rate such as 20/s")
-    return per_second
 
 
 class Settings(BaseSettings):

@@ -1,4 +1,4 @@
-"""One key schema (worker/model/keys.py) and the Lua scripts in worker/model/lua/, loaded by name."""
+"""One key schema (worker/model/keys.py); the Lua scripts of worker/model/lua/, loaded by name."""
 
 from __future__ import annotations
 
@@ -39,7 +39,9 @@ def test_every_script_named_in_the_code_exists_and_loads_in_redis(redis_url: str
 
 def test_fragments_read_no_keys_or_argv_and_every_script_documents_its_own() -> None:
     for fragment in LUA.glob("*.lib.lua"):
-        code = "\n".join(line for line in fragment.read_text().splitlines() if not line.startswith("--"))
+        code = "\n".join(
+            line for line in fragment.read_text().splitlines() if not line.startswith("--")
+        )
         assert "KEYS[" not in code and "ARGV[" not in code, fragment.name
     for script in LUA.glob("*.lua"):
         if script.name.endswith(".lib.lua"):

@@ -22,7 +22,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from config.settings import parse_rate
+from config.units import parse_rate
 from worker.cli.errors import friendly_errors
 from worker.dev.demo import STYLE
 from worker.errors import InvalidLines, StreamctlError

@@ -15,19 +15,17 @@ from typing import Any
 
 import redis
 
+from config.units import duration_seconds
 from worker.errors import StreamctlError
-
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 def since_to_stream_id(since: str, now: float | None = None) -> str:
     """``--since``: a stream id (``1700000000000-0``), ``all``, or a duration like ``10m``."""
     if since in ("all", "0"):
         return "0-0"
-    match = _DURATION.match(since)
-    if match:
-        moment = (time.time() if now is None else now) - float(match[1]) * _UNITS[match[2]]
+    seconds = duration_seconds(since, unit_required=True)
+    if seconds is not None:
+        moment = (time.time() if now is None else now) - seconds
         return f"{int(moment * 1000)}-0"
     if re.match(r"^\d+(-\d+)?$", since):
         return since
