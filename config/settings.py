@@ -139,7 +139,8 @@ class Settings(BaseSettings):
     max_attempts: PositiveInt = 5
     #: Total time one delivery may spend retrying (the in-task deadline).
     retry_deadline: PositiveFloat = 45.0
-    #: First backoff; doubles each attempt, with full jitter, up to ``backoff_max``.
+    #: First backoff; doubles each attempt, up to ``backoff_max``; each wait is drawn with
+    #: equal jitter (between half the backoff and all of it, see worker.api.retry).
     backoff_initial: PositiveFloat = 0.5
     backoff_max: PositiveFloat = 10.0
     #: Code 1000 means "too much traffic, try again in a few minutes": wait at least this long.

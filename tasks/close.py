@@ -15,8 +15,7 @@ from worker.errors import InvalidChunk
 
 _OPTIONS: dict[str, Any] = {
     "bind": True,
-    "acks_late": True,
-    "reject_on_worker_lost": True,
+    # acks_late and reject_on_worker_lost: set for every task in config/celeryconfig.py.
     # Each job's result goes to the results channel (worker.store.jobs); storing it in Celery's
     # backend as well cost two more Redis round trips per job for nothing a reader uses.
     "ignore_result": True,

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from worker.broker.links import PRELOADED_FOR_WORKERS
 from worker.cli.beat import beat
 from worker.cli.check import check
 from worker.cli.errors import friendly_errors
@@ -19,32 +20,6 @@ from worker.cli.reconnect import batch, reconnect
 
 if TYPE_CHECKING:
     from celery import Celery
-
-#: Modules a Celery worker imports as it starts; a forking ``worker --processes`` loads them
-#: once in the parent (measured: 34 MB private per process without, see worker.consume.processes).
-PRELOADED_FOR_WORKERS = (
-    "billiard.pool",
-    "celery.app.amqp",
-    "celery.app.control",
-    "celery.app.events",
-    "celery.app.log",
-    "celery.app.routes",
-    "celery.apps.worker",
-    "celery.backends.redis",
-    "celery.bin.celery",
-    "celery.concurrency.thread",
-    "celery.events.dispatcher",
-    "celery.worker.autoscale",
-    "celery.worker.components",
-    "celery.worker.consumer",
-    "celery.worker.consumer.delayed_delivery",
-    "celery.worker.strategy",
-    "kombu.pidbox",
-    "kombu.transport.redis",
-    "worker.consume.janitor",
-    "worker.consume.wiring",
-    "worker.broker.guards.task_body",
-)
 
 # Shared with the commands defined in their own modules (they cannot import this one).
 _friendly_errors = friendly_errors
