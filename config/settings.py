@@ -19,7 +19,6 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
-    AliasChoices,
     Field,
     IPvAnyAddress,
     SecretStr,
@@ -39,25 +38,14 @@ from config.urls import (
     REDIS_SCHEMES,
     check_url,
     has_password,
+    is_loopback_host,
     with_password,
 )
+from config.variables import bare as _bare
+from config.variables import config_error, variable_name
 
 PositiveFloat = Annotated[float, Field(gt=0)]
 PositiveInt = Annotated[int, Field(gt=0)]
-
-
-def _bare(name: str) -> AliasChoices:
-    """Read a field from an environment variable without the STREAMCTL_ prefix."""
-    return AliasChoices(name)
-
-
-def is_loopback_host(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class Settings(BaseSettings):
@@ -368,13 +356,7 @@ class Settings(BaseSettings):
 
 
 def _variable_name(field: str) -> str:
-    if field.isupper():  # pydantic reports a field read through an alias by that alias
-        return field
-    info = Settings.model_fields.get(field)
-    alias = info.validation_alias if info is not None else None
-    if isinstance(alias, AliasChoices):
-        return str(alias.choices[0])
-    return f"STREAMCTL_{field.upper()}" if field else "settings"
+    return variable_name(Settings, field)
 
 
 def load_settings(**overrides: object) -> Settings:
@@ -385,18 +367,28 @@ def load_settings(**overrides: object) -> Settings:
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
-        problems = []
-        for error in exc.errors():
-            field = str(error["loc"][0]) if error["loc"] else ""
-            message = error["msg"].removeprefix("Value error, ")
-            if field:
-                problems.append(f"{_variable_name(field)}: {message}")
-            else:
-                problems.append(message)
-        raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems)) from None
+        raise config_error(Settings, exc) from None
+
+
+#: The settings a command built and installed for this process (``install_settings``).
+_installed: Settings | None = None
 
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    """The process-wide settings, read once."""
-    return load_settings()
+    """The process-wide settings: the installed ones, else read once from the environment."""
+    return _installed if _installed is not None else load_settings()
+
+
+def install_settings(settings: Settings) -> Settings:
+    """Make ``settings`` what ``get_settings()`` returns in this process from now on.
+
+    A command that takes settings on its command line (``streamctl worker -c 8``) builds them
+    once, ``load_settings(worker_concurrency=8)``, and installs them before Celery starts:
+    Celery's configuration (``config.celeryconfig``) and the worker's wiring read them through
+    ``get_settings()``. The environment is left as it was.
+    """
+    global _installed
+    _installed = settings
+    get_settings.cache_clear()
+    return settings
