@@ -36,6 +36,7 @@ from worker.model.targets import CloseJob
 from worker.produce.producer import PUBLISH_RETRY_POLICY, check_expires, close_kwargs
 from worker.produce.targetfile import TargetList, read_targets
 from worker.store.batches import BatchState, check_batch_id
+from worker.store.decode import text
 from worker.store.jobs import JobState
 from worker.store.redis import job_state, redis_client
 from worker.store.results_log import follow
@@ -231,7 +232,7 @@ def log_position(client: redis.Redis, log_stream: str) -> str:
         return "0-0"
     info: Any = client.xinfo_stream(log_stream)
     last = info["last-generated-id"]
-    return last.decode() if isinstance(last, bytes) else str(last)
+    return text(last)
 
 
 def follow_batch(

@@ -25,6 +25,7 @@ import redis
 from worker.errors import NoSuchBatch, StreamctlError
 from worker.model.keys import batch_jobs_key, batch_key
 from worker.model.results import BATCH_SUMMARY_FIELDS, BatchSummary, Outcome, isoformat
+from worker.store.decode import text
 
 #: A batch id goes into Redis keys and messages: keep it short and plain.
 BATCH_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
@@ -126,7 +127,7 @@ class BatchState:
         return progress
 
     def progress(self, batch_id: str) -> BatchProgress:
-        raw = {_text(k): _text(v) for k, v in self.redis.hgetall(batch_key(batch_id)).items()}
+        raw = {text(k): text(v) for k, v in self.redis.hgetall(batch_key(batch_id)).items()}
         if "total" not in raw:
             raise NoSuchBatch(f"no batch {batch_id} (unknown, or older than its results)")
         summary = json.loads(raw["summary"]) if "summary" in raw else None
@@ -147,11 +148,7 @@ class BatchState:
         raw = self.redis.hgetall(batch_jobs_key(batch_id))
         if not raw:
             raise NoSuchBatch(f"no batch {batch_id} (unknown, or older than its results)")
-        return {_text(k): json.loads(v) for k, v in raw.items()}
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
+        return {text(k): json.loads(v) for k, v in raw.items()}
 
 
 __all__ = ["BatchProgress", "BatchState"]

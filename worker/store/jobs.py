@@ -34,6 +34,7 @@ from worker.model.results import Attempt, JobResult
 from worker.model.scripts import load_script
 from worker.model.targets import JOB_FIELDS
 from worker.store.batches import OUTCOMES_JSON, SUMMARY_FIELDS_JSON
+from worker.store.decode import text
 
 #: Jobs enqueued and not yet ended: job id -> its expires_at.
 PENDING_KEY = keys.PENDING
@@ -54,10 +55,6 @@ def _encode_fields(fields: Mapping[str, Any]) -> str:
 def _claim_value(state: str, fields: Mapping[str, Any]) -> str:
     # A claim key holds "<state>\n<fields as JSON>"; JSON never holds a raw newline.
     return f"{state}\n{_encode_fields(fields)}"
-
-
-def _text(raw: bytes | str) -> str:
-    return raw.decode() if isinstance(raw, bytes) else str(raw)
 
 
 def _differing(first: Mapping[str, Any], second: Mapping[str, Any]) -> list[str]:
@@ -125,7 +122,7 @@ class JobState:
         """
         mine = _claim_value(f"claimed:{token}", fields)
         holder, raw = (
-            _text(part)
+            text(part)
             for part in self._claim(
                 keys=[job_key(job_id, "enqueued"), job_key(job_id, "result"), PENDING_DATA_KEY],
                 args=[mine, CLAIM_TTL, job_id],
@@ -177,7 +174,7 @@ class JobState:
     def pending_due(self, before: float, limit: int) -> list[tuple[str, dict[str, Any]]]:
         """Up to ``limit`` pending jobs that expired before ``before``: (job id, task kwargs)."""
         raw_ids = self.redis.zrangebyscore(PENDING_KEY, "-inf", before, start=0, num=limit)
-        ids = [raw.decode() if isinstance(raw, bytes) else str(raw) for raw in raw_ids]
+        ids = [text(raw) for raw in raw_ids]
         if not ids:
             return []
         data = self.redis.hmget(PENDING_DATA_KEY, ids)

@@ -17,6 +17,7 @@ import redis
 
 from config.units import duration_seconds
 from worker.errors import StreamctlError
+from worker.store.decode import text
 
 
 def since_to_stream_id(since: str, now: float | None = None) -> str:
@@ -47,13 +48,13 @@ def follow(
     if last == "$":
         # Resolve "$" once, so that results arriving between two reads are not skipped.
         info = client.xinfo_stream(log_stream) if client.exists(log_stream) else None
-        last = _text(info["last-generated-id"]) if info else "0-0"
+        last = text(info["last-generated-id"]) if info else "0-0"
     deadline = None if stop_after is None else time.monotonic() + stop_after
     while deadline is None or time.monotonic() < deadline:
         replies: Any = client.xread({log_stream: last}, count=500, block=block_ms)
         for _stream, entries in replies or []:
             for entry_id, fields in entries:
-                last = _text(entry_id)
+                last = text(entry_id)
                 yield last, json.loads(fields[b"result"])
 
 
@@ -86,7 +87,3 @@ def wait_for_result(
         return None
     finally:
         pubsub.close()
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
