@@ -73,11 +73,6 @@ def new_batch_id() -> str:
     return f"{datetime.now(UTC):%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
 
 
-def target_record(job: CloseJob) -> dict[str, Any]:
-    """What a batch keeps of each job, for ``--retry-failed``: the fields that go to the API."""
-    return dict(job.as_fields())
-
-
 class BatchSender:
     """Starts batches: validation done, it writes the batch's state and publishes its jobs."""
 
@@ -120,7 +115,8 @@ class BatchSender:
         if dry_run:
             return StartedBatch(batch_id, job_ids, "0-0", expiry, 0.0, dry_run=True)
         since = log_position(self.redis, self.settings.results_log)
-        records = {job_id: target_record(job) for job_id, job, _ in messages}
+        # What a batch keeps of each job, for --retry-failed: its request fields.
+        records = {job_id: job.as_fields() for job_id, job, _ in messages}
         try:
             # A batch's job ids are derived (a scheduled batch's predictably): one that a close
             # holds as its idempotency key names that close's job, so the batch is refused.
