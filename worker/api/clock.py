@@ -22,7 +22,6 @@ from collections.abc import Callable
 
 import redis
 
-from worker.model.keys import account_scope as account_scope
 from worker.model.keys import timestamp_key
 from worker.model.scripts import load_script
 
