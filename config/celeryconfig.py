@@ -33,7 +33,8 @@ result_serializer = "json"
 accept_content = ["json"]
 result_accept_content = ["json"]
 
-# At least once: a job is acknowledged after it ran, and given back if its worker dies.
+# At least once: a job is acknowledged after it ran, and given back if its worker dies. Set
+# here for every task, and nowhere else (tests/test_links.py).
 task_acks_late = True
 task_reject_on_worker_lost = True
 # One message running and one waiting per thread: a thread that finishes takes the waiting one
@@ -47,7 +48,7 @@ result_expires = _settings.result_ttl
 worker_send_task_events = True
 task_send_sent_event = True
 
-# The task modules, named by string: the app has no import on tasks/.
-imports = ("tasks.close", "tasks.schedule")
+# The task modules are given to the app (worker.broker.links.TASK_MODULES): config/ names
+# nothing of worker/ or tasks/.
 task_default_queue = "streamctl"
 worker_hijack_root_logger = False

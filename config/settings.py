@@ -13,14 +13,12 @@ worker is redelivered while it may still run.
 from __future__ import annotations
 
 import ipaddress
-import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
-    AliasChoices,
     Field,
     IPvAnyAddress,
     SecretStr,
@@ -34,55 +32,20 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from config.errors import ConfigError
 from config.secrets import read_secret_file
 from config.tls import TLSFiles, broker_files, check_tls_files, ssl_options
+from config.units import parse_rate
 from config.urls import (
     BROKER_SCHEMES,
     REDIS_SCHEMES,
     check_url,
     has_password,
+    is_loopback_host,
     with_password,
 )
+from config.variables import bare as _bare
+from config.variables import config_error, variable_name
 
 PositiveFloat = Annotated[float, Field(gt=0)]
 PositiveInt = Annotated[int, Field(gt=0)]
-
-
-def _bare(name: str) -> AliasChoices:
-    """Read a field from an environment variable without the STREAMCTL_ prefix."""
-    return AliasChoices(name)
-
-
-def is_loopback_host(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-_RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(s|sec|second|m|min|minute|h|hour)\s*$")
-_RATE_UNITS = {"s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60}
-_RATE_UNITS.update({"h": 3600, "hour": 3600})
-
-
-def parse_rate(value: object) -> float | None:
-    """A rate such as ``20/s``, ``1200/m`` or ``20`` (per second), in requests per second.
-
-    None or an empty string means no limit. Raises ValueError on anything else.
-    """
-    if value is None or (isinstance(value, str) and not value.strip()):
-        return None
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        per_second = float(value)
-    elif isinstance(value, str) and (match := _RATE.match(value)):
-        per_second = float(match[1]) / _RATE_UNITS[match[2]]
-    elif isinstance(value, str) and value.strip().replace(".", "", 1).isdigit():
-        per_second = float(value)
-    else:
-        raise ValueError("must be a rate such as 20/s, 1200/m or 5000/h")
-    if not per_second > 0:
-        raise ValueError("must be a positive rate such as 20/s")
-    return per_second
 
 
 class Settings(BaseSettings):
@@ -164,7 +127,8 @@ class Settings(BaseSettings):
     max_attempts: PositiveInt = 5
     #: Total time one delivery may spend retrying (the in-task deadline).
     retry_deadline: PositiveFloat = 45.0
-    #: First backoff; doubles each attempt, with full jitter, up to ``backoff_max``.
+    #: First backoff; doubles each attempt, up to ``backoff_max``; each wait is drawn with
+    #: equal jitter (between half the backoff and all of it, see worker.api.retry).
     backoff_initial: PositiveFloat = 0.5
     backoff_max: PositiveFloat = 10.0
     #: Code 1000 means "too much traffic, try again in a few minutes": wait at least this long.
@@ -392,13 +356,7 @@ class Settings(BaseSettings):
 
 
 def _variable_name(field: str) -> str:
-    if field.isupper():  # pydantic reports a field read through an alias by that alias
-        return field
-    info = Settings.model_fields.get(field)
-    alias = info.validation_alias if info is not None else None
-    if isinstance(alias, AliasChoices):
-        return str(alias.choices[0])
-    return f"STREAMCTL_{field.upper()}" if field else "settings"
+    return variable_name(Settings, field)
 
 
 def load_settings(**overrides: object) -> Settings:
@@ -409,18 +367,28 @@ def load_settings(**overrides: object) -> Settings:
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
-        problems = []
-        for error in exc.errors():
-            field = str(error["loc"][0]) if error["loc"] else ""
-            message = error["msg"].removeprefix("Value error, ")
-            if field:
-                problems.append(f"{_variable_name(field)}: {message}")
-            else:
-                problems.append(message)
-        raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems)) from None
+        raise config_error(Settings, exc) from None
+
+
+#: The settings a command built and installed for this process (``install_settings``).
+_installed: Settings | None = None
 
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    """The process-wide settings, read once."""
-    return load_settings()
+    """The process-wide settings: the installed ones, else read once from the environment."""
+    return _installed if _installed is not None else load_settings()
+
+
+def install_settings(settings: Settings) -> Settings:
+    """Make ``settings`` what ``get_settings()`` returns in this process from now on.
+
+    A command that takes settings on its command line (``streamctl worker -c 8``) builds them
+    once, ``load_settings(worker_concurrency=8)``, and installs them before Celery starts:
+    Celery's configuration (``config.celeryconfig``) and the worker's wiring read them through
+    ``get_settings()``. The environment is left as it was.
+    """
+    global _installed
+    _installed = settings
+    get_settings.cache_clear()
+    return settings

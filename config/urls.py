@@ -5,6 +5,7 @@ Error messages never contain any part of the URL: it may hold a password.
 
 from __future__ import annotations
 
+import ipaddress
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 #: Schemes of REDIS_URL (job state, results, result backend, and the broker by default).
@@ -112,3 +113,13 @@ def celery_url(url: str) -> str:
     # Built by hand: urlunsplit drops the "//" of an empty authority, which kombu needs.
     suffix = f"?{urlencode(query)}" if query else ""
     return f"redis+socket://{parts.netloc}{parts.path}{suffix}"
+
+
+def is_loopback_host(host: str) -> bool:
+    """``localhost`` or a loopback address: where plain HTTP is allowed (a local sandbox)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -11,11 +11,11 @@ from worker.broker import messages
 from worker.broker.app import CLOSE_MANY_TASK, CLOSE_TASK, app
 from worker.consume.runner import AlreadyFinal, Delivery, RetryLater
 from worker.consume.wiring import runner
+from worker.errors import InvalidChunk
 
 _OPTIONS: dict[str, Any] = {
     "bind": True,
-    "acks_late": True,
-    "reject_on_worker_lost": True,
+    # acks_late and reject_on_worker_lost: set for every task in config/celeryconfig.py.
     # Each job's result goes to the results channel (worker.store.jobs); storing it in Celery's
     # backend as well cost two more Redis round trips per job for nothing a reader uses.
     "ignore_result": True,
@@ -42,7 +42,7 @@ def close_stream(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
 def close_many(self: Task, *args: Any, **kwargs: Any) -> dict[str, int]:
     try:
         entries = messages.parse_chunk(args, kwargs)
-    except messages.InvalidChunk as exc:
+    except InvalidChunk as exc:
         raise Reject(f"malformed batch message: {exc}", requeue=False) from None
     job_runner = runner()
     deliveries = []

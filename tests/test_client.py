@@ -20,12 +20,13 @@ from pydantic import SecretStr
 from tests.conftest import TEST_API_KEY, TEST_CDN, TEST_SECRET
 from worker import errors
 from worker.api.client import Account, BeforeSend, ScaleEngineClient
-from worker.api.clock import TimestampClock, account_scope
+from worker.api.clock import TimestampClock
 from worker.api.retry import RetryPolicy
 from worker.api.transport import SessionPool
 from worker.consume.runner import Delivery
 from worker.consume.wiring import build_runner
 from worker.dev.embedded_redis import free_port
+from worker.model.keys import account_scope
 from worker.model.results import Attempt, JobResult
 from worker.model.targets import CloseJob
 from worker.store.limiter import ClusterLimiter, LimitConfig

@@ -125,10 +125,9 @@ def test_a_batch_job_id_is_held_to_its_target_too(producer: Any, worker: Any, sa
 
 
 def test_a_batch_does_not_take_a_job_id_a_close_holds(producer: Any, worker: Any) -> None:
-    from worker.errors import IdempotencyConflict
+    from worker.errors import IdempotencyConflict, NoSuchBatch
     from worker.model.targets import CloseJob
     from worker.produce.batch import BatchSender
-    from worker.store.batches import NoSuchBatch
 
     # A scheduled batch's id is predictable (entry.slot), and so are its job ids.
     batch_id = f"nightly.{uuid.uuid4().int % 10**10}"

@@ -107,16 +107,20 @@ def ours(name: str) -> str | None:
 def entry_point_strings(tree: ast.AST, module: str) -> set[int]:
     """Ids of the string constants that start code rather than import it.
 
-    ``config.celeryconfig``'s ``imports`` lists the task modules a worker loads as it starts:
+    ``worker.broker.links`` lists the task modules a worker loads as it starts
+    (``TASK_MODULES``) and the modules the worker command preloads (``PRELOADED_FOR_WORKERS``):
     the entry points, named by string so that nothing below imports them. ``[..., "-m", X]``
     starts module X in a new process (the demo starts a worker as a user would).
     """
     exempt: set[int] = set()
     for node in ast.walk(tree):
         if (
-            module == "config.celeryconfig"
+            module == "worker.broker.links"
             and isinstance(node, ast.Assign)
-            and any(isinstance(t, ast.Name) and t.id == "imports" for t in node.targets)
+            and any(
+                isinstance(t, ast.Name) and t.id in ("TASK_MODULES", "PRELOADED_FOR_WORKERS")
+                for t in node.targets
+            )
         ):
             exempt.update(id(c) for c in ast.walk(node.value) if isinstance(c, ast.Constant))
         if isinstance(node, ast.List | ast.Tuple):
@@ -189,9 +193,9 @@ def test_config_uses_nothing_of_worker() -> None:
     assert config_links  # config.celeryconfig imports config.settings
     assert [link for link in config_links if not link.target.startswith("config")] == []
     # Nor by a string Celery imports: its task modules are tasks.*, never worker.*.
-    import config.celeryconfig
+    from worker.broker.links import TASK_MODULES
 
-    assert [name for name in config.celeryconfig.imports if not name.startswith("tasks.")] == []
+    assert [name for name in TASK_MODULES if not name.startswith("tasks.")] == []
 
 
 def test_production_code_never_uses_dev() -> None:
@@ -246,12 +250,11 @@ def test_every_string_link_of_ours_resolves() -> None:
 
 
 def test_celery_and_entry_point_links_resolve() -> None:
-    import config.celeryconfig
     from tasks.close import close_many, close_stream
     from worker.broker.app import app
-    from worker.cli.main import PRELOADED_FOR_WORKERS
+    from worker.broker.links import PRELOADED_FOR_WORKERS, TASK_MODULES
 
-    for name in config.celeryconfig.imports:
+    for name in TASK_MODULES:
         resolve(name)
     # The task base class and the strategy Celery builds each task's consumer with, by string.
     assert isinstance(resolve(app.task_cls), type)
@@ -279,7 +282,7 @@ def loaded_after(statement: str) -> set[str]:
 
 
 def test_the_task_modules_load_the_start_hooks_and_the_broker_app_does_not() -> None:
-    # A worker imports its task modules (config.celeryconfig's imports) before worker_init.
+    # A worker imports its task modules (worker.broker.links.TASK_MODULES) before worker_init.
     assert "worker.consume.boot" in loaded_after("import tasks.close")
     # A producer imports the app only: none of the worker's side.
     producer = loaded_after("import worker.app; import worker.produce.producer")

@@ -16,9 +16,10 @@ import redis
 from celery import Celery
 
 from tests.conftest import WorkerProcess
-from worker.schedule.file import ScheduleError, load_schedule, parse_every
+from worker.errors import NoSuchBatch, ScheduleError
+from worker.schedule.file import load_schedule, parse_every
 from worker.schedule.scheduler import RUNS_LOG, LeaderLock, LockedScheduler
-from worker.store.batches import BatchState, NoSuchBatch
+from worker.store.batches import BatchState
 
 #: Redis databases of these tests' own: their queues, locks and run keys touch no other test's.
 BEAT_DB = "/9"

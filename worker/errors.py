@@ -7,9 +7,44 @@ succeed if the same close is signed afresh and sent again later; anything under
 
 No exception here ever carries the API secret, the request body or its signature: they are
 built from the response, the target and the HTTP status only.
+
+The tree (``StreamctlError`` and ``ConfigError`` are defined in ``config.errors``, since the
+settings raise them and ``config/`` imports nothing from ``worker/``; they are re-exported here)::
+
+    StreamctlError
+    ├── ConfigError                 a setting is missing or malformed
+    │   └── ScheduleError           the schedule file or one of its entries
+    ├── IncompatibleDependency
+    ├── InvalidTarget (ValueError)  a job names no valid target
+    ├── InvalidLines                lines of a target file name no valid target
+    ├── InvalidChunk                a batch message of the wrong shape
+    ├── IdempotencyConflict
+    ├── EnqueueError                a job could not be handed to the broker
+    ├── NoSuchBatch
+    ├── ApiError
+    │   ├── TransientError          worth sending again, freshly signed
+    │   │   ├── ConnectionFailed
+    │   │   ├── RequestTimedOut
+    │   │   ├── ServerError
+    │   │   ├── RateLimited
+    │   │   ├── InvalidResponse
+    │   │   ├── ApiUnavailable
+    │   │   └── ApiBusy
+    │   └── PermanentError          never retried
+    │       ├── ApiRefused
+    │       ├── TimestampRejected
+    │       ├── TlsFailed
+    │       └── HttpRefused
+    ├── JobExpired
+    ├── JobCancelled
+    └── Throttled
+
+Usage errors of the command line stay ``click.UsageError`` subclasses (``worker.cli``).
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 # The root and ConfigError are defined beside the settings, which raise it (config/ imports
 # nothing from worker/); they are the same classes here.
@@ -25,6 +60,44 @@ class IncompatibleDependency(StreamctlError):
 
 class InvalidTarget(StreamctlError, ValueError):
     """A close-stream job names no valid target (outcome ``rejected``, never sent)."""
+
+
+class ScheduleError(ConfigError):
+    """The schedule file, or an entry of it, is invalid; the message names each entry."""
+
+
+#: Bad lines quoted in an ``InvalidLines`` message; the rest are counted.
+MAX_QUOTED_ERRORS = 20
+
+
+class InvalidLines(StreamctlError):
+    """Some lines name no valid target; nothing was enqueued.
+
+    ``errors`` are the file's line errors (``worker.produce.targetfile.LineError``), each
+    printing as ``line N: what is wrong``.
+    """
+
+    def __init__(self, errors: Sequence[object]) -> None:
+        quoted = "\n  ".join(str(error) for error in errors[:MAX_QUOTED_ERRORS])
+        more = len(errors) - MAX_QUOTED_ERRORS
+        tail = f"\n  ... and {more} more" if more > 0 else ""
+        super().__init__(
+            f"{len(errors)} invalid line(s); nothing was enqueued "
+            f"(--skip-invalid sends the valid ones):\n  {quoted}{tail}"
+        )
+        self.errors = list(errors)
+
+
+class InvalidChunk(StreamctlError):
+    """A batch message whose shape is wrong: no job in it can be identified."""
+
+
+class EnqueueError(StreamctlError):
+    """The job could not be handed to the broker; it was not enqueued."""
+
+
+class NoSuchBatch(StreamctlError):
+    """No batch by that id (never started, or older than STREAMCTL_RESULT_TTL)."""
 
 
 class IdempotencyConflict(StreamctlError):

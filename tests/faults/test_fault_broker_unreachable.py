@@ -13,7 +13,8 @@ import pytest
 from config.settings import load_settings
 from tests.faults.harness import cluster, report, unique_target
 from worker.dev.embedded_redis import EmbeddedRedis, free_port
-from worker.produce.producer import EnqueueError, Producer
+from worker.errors import EnqueueError
+from worker.produce.producer import Producer
 
 pytestmark = pytest.mark.faults
 

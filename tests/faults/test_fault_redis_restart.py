@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from tests.faults.harness import cluster, lost_and_doubled, outcomes, report, unique_target
-from worker.produce.producer import EnqueueError
+from worker.errors import EnqueueError
 
 pytestmark = pytest.mark.faults
 

@@ -17,35 +17,21 @@ are the one case a network can still reorder).
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Callable
 
 import redis
+
+from worker.model.keys import timestamp_key
+from worker.model.scripts import load_script
 
 #: The last timestamp of a target is kept this long after use. It only has to outlive the
 #: API's timestamp window (unknown; webhook senders use about five minutes): after that, a
 #: body with an older timestamp would be refused as stale anyway.
 CLAIM_TTL_SECONDS = 3600
 
-#: The claim as a Lua function, so that another script (the rate limiter's, which runs before
-#: every attempt anyway) can claim in the same round trip: one definition of the rule.
-CLAIM_FUNCTION = """
-local function claim_timestamp(key, now, ttl)
-  local last = tonumber(redis.call('GET', key) or '0')
-  local claimed = now
-  if claimed <= last then claimed = last + 1 end
-  redis.call('SET', key, claimed, 'EX', ttl)
-  return claimed
-end
-"""
-_CLAIM = CLAIM_FUNCTION + "return claim_timestamp(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]))"
-
-
-def account_scope(cdn: int, api_key: str) -> str:
-    """A Redis key prefix for an account that does not reveal its API key."""
-    digest = hashlib.sha256(f"{cdn}:{api_key}".encode()).hexdigest()[:16]
-    return f"streamctl:ts:{cdn}:{digest}"
+# The claim rule is one Lua function (lua/claim_timestamp.lib.lua), so that another script
+# (the rate limiter's, which runs before every attempt anyway) can claim in the same round trip.
 
 
 class TimestampClock:
@@ -59,14 +45,14 @@ class TimestampClock:
         now: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        self._script = client.register_script(_CLAIM)
+        self._script = client.register_script(load_script("claim_timestamp"))
         self._scope = scope
         self._now = now
         self._sleep = sleep
 
     def key(self, target_key: str) -> str:
         """The Redis key holding ``target_key``'s last timestamp."""
-        return f"{self._scope}:{target_key}"
+        return timestamp_key(self._scope, target_key)
 
     def now(self) -> int:
         """The time a claim made now starts from (whole seconds, the API's resolution)."""

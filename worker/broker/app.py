@@ -9,13 +9,15 @@ from __future__ import annotations
 
 from celery import Celery
 
+from worker.broker import links
 from worker.broker.guards import kombu as kombu_guards
 
 # Keeps a worker alive through a Redis restart (see worker.broker.guards.kombu).
 kombu_guards.install()
 # The base class of every task the app registers: a malformed message is dropped, not fatal.
-app = Celery("streamctl", task_cls="worker.broker.guards.task_body:GuardedTask")
-app.config_from_object("config.celeryconfig")
+# The task modules a worker imports as it starts: config/ may not name them (worker.broker.links).
+app = Celery("streamctl", task_cls=links.TASK_CLASS, include=links.TASK_MODULES)
+app.config_from_object(links.CELERY_CONFIG)
 
 #: The stable task name; producers in any language enqueue by it.
 CLOSE_TASK = "scaleengine.stream.close"

@@ -23,7 +23,7 @@ from typing import Any
 from celery import Celery
 
 from worker.broker.app import CLOSE_MANY_TASK, CLOSE_TASK
-from worker.errors import StreamctlError
+from worker.errors import InvalidChunk
 
 #: The keyword argument of a batch message: {job id: that job's close kwargs}.
 JOBS_FIELD = "jobs"
@@ -33,10 +33,6 @@ JOBS_FIELD = "jobs"
 SPREAD = 256
 #: Longest job id accepted in a batch message (ours are about 30 characters).
 MAX_JOB_ID = 200
-
-
-class InvalidChunk(StreamctlError):
-    """A batch message whose shape is wrong: no job in it can be identified."""
 
 
 def chunk_sizes(total: int, largest: int) -> list[int]:

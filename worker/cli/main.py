@@ -5,12 +5,12 @@ from __future__ import annotations
 import contextlib
 import importlib
 import json
-import os
 import sys
 from typing import TYPE_CHECKING
 
 import click
 
+from worker.broker.links import PRELOADED_FOR_WORKERS
 from worker.cli.beat import beat
 from worker.cli.check import check
 from worker.cli.errors import friendly_errors
@@ -19,32 +19,6 @@ from worker.cli.reconnect import batch, reconnect
 
 if TYPE_CHECKING:
     from celery import Celery
-
-#: Modules a Celery worker imports as it starts; a forking ``worker --processes`` loads them
-#: once in the parent (measured: 34 MB private per process without, see worker.consume.processes).
-PRELOADED_FOR_WORKERS = (
-    "billiard.pool",
-    "celery.app.amqp",
-    "celery.app.control",
-    "celery.app.events",
-    "celery.app.log",
-    "celery.app.routes",
-    "celery.apps.worker",
-    "celery.backends.redis",
-    "celery.bin.celery",
-    "celery.concurrency.thread",
-    "celery.events.dispatcher",
-    "celery.worker.autoscale",
-    "celery.worker.components",
-    "celery.worker.consumer",
-    "celery.worker.consumer.delayed_delivery",
-    "celery.worker.strategy",
-    "kombu.pidbox",
-    "kombu.transport.redis",
-    "worker.consume.janitor",
-    "worker.consume.wiring",
-    "worker.broker.guards.task_body",
-)
 
 # Shared with the commands defined in their own modules (they cannot import this one).
 _friendly_errors = friendly_errors
@@ -148,18 +122,15 @@ def worker(
     ctx: click.Context, concurrency: int | None, processes: int | None, loglevel: str | None
 ) -> None:
     """Start a worker (thread pool: closes are I/O bound). Extra options go to Celery."""
-    from config.settings import get_settings
+    from config.settings import install_settings, load_settings
     from worker.telemetry.logs import configure_logging
 
-    # One source for these counts: the Redis pool is sized from the threads, for one.
-    for variable, value in (
-        ("STREAMCTL_WORKER_CONCURRENCY", concurrency),
-        ("STREAMCTL_WORKER_PROCESSES", processes),
-    ):
-        if value is not None:
-            os.environ[variable] = str(value)
-            get_settings.cache_clear()
-    settings = get_settings()
+    # One source for these counts: the Redis pool is sized from the threads, for one. The
+    # options override the environment in the settings this process installs.
+    overrides = {"worker_concurrency": concurrency, "worker_processes": processes}
+    settings = install_settings(
+        load_settings(**{name: value for name, value in overrides.items() if value is not None})
+    )
     settings.require_credentials()
     configure_logging(settings)
     from worker.broker.app import app
@@ -194,8 +165,8 @@ def worker(
 
     def run_child(index: int) -> int:
         if settings.metrics_port is not None:
-            os.environ["STREAMCTL_METRICS_PORT"] = str(settings.metrics_port + index - 1)
-            get_settings.cache_clear()
+            port = settings.metrics_port + index - 1
+            install_settings(settings.model_copy(update={"metrics_port": port}))
         return run_celery_worker(app, child_argv(argv, index))
 
     sys.exit(supervise(settings.worker_processes, run_child))

@@ -22,10 +22,10 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from config.settings import parse_rate
+from config.units import parse_rate
 from worker.cli.errors import friendly_errors
 from worker.dev.demo import STYLE
-from worker.errors import StreamctlError
+from worker.errors import InvalidLines, StreamctlError
 from worker.model.results import Outcome
 
 if TYPE_CHECKING:
@@ -82,7 +82,7 @@ def reconnect(
 ) -> None:
     """Close every stream named in FILE ('-': standard input) as one batch, and follow it."""
     from worker.produce.batch import BatchSender
-    from worker.produce.targetfile import InvalidLines, read_targets
+    from worker.produce.targetfile import read_targets
 
     err = Console(stderr=True)
     if (file is None) == (retry_batch is None):

@@ -28,12 +28,13 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from config.settings import Settings
+from worker.model import keys
 from worker.model.results import JobResult
 from worker.store.jobs import JobState
 
 log = logging.getLogger("streamctl.janitor")
 
-LOCK_KEY = "streamctl:janitor:lock"
+LOCK_KEY = keys.JANITOR_LOCK
 #: Pending jobs read per round trip; the lock is renewed between chunks of a long sweep.
 SWEEP_CHUNK = 200
 LOST_MESSAGE = (

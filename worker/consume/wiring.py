@@ -6,10 +6,11 @@ import threading
 
 from config.settings import Settings, get_settings
 from worker.api.client import Account, ScaleEngineClient
-from worker.api.clock import TimestampClock, account_scope
+from worker.api.clock import TimestampClock
 from worker.api.retry import RetryPolicy
 from worker.api.transport import SessionPool
 from worker.consume.runner import JobRunner
+from worker.model.keys import account_scope
 from worker.store.limiter import ClusterLimiter, LimitConfig
 from worker.store.redis import job_state, redis_client
 

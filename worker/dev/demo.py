@@ -118,10 +118,16 @@ def run_demo(*, jobs: int = 40, concurrency: int = 8) -> int:
             "SCALEENGINE_API_KEY": api_key,
             "SCALEENGINE_API_SECRET": secret,
         }
-        # The demo's own Redis is the broker too, and this process enqueues with the same settings.
+        # The demo's own Redis is the broker too, and this process enqueues with the same
+        # settings: installed for it (the Celery app reads them), the environment left alone.
         env.pop("CELERY_BROKER_URL", None)
+        # Celery reads this variable itself, before its configuration (app.conf.broker_url).
         os.environ.pop("CELERY_BROKER_URL", None)
-        os.environ.update({name: env[name] for name in (*DEMO_TUNING, *DEMO_ACCOUNT_VARIABLES)})
+        from config.settings import install_settings, load_settings
+        from config.variables import overrides
+
+        demo_variables = {name: env[name] for name in (*DEMO_TUNING, *DEMO_ACCOUNT_VARIABLES)}
+        install_settings(load_settings(**overrides({**demo_variables, "CELERY_BROKER_URL": None})))
         log_path = workdir / "worker.log"
         with log_path.open("wb") as log_file:
             worker = subprocess.Popen(
@@ -137,11 +143,9 @@ def run_demo(*, jobs: int = 40, concurrency: int = 8) -> int:
         for label, text in faults.items():
             console.print(f"  fault on [cyan]{label}[/]: {text}")
 
-        from config.settings import get_settings
         from worker.produce.producer import Producer
         from worker.store.results_log import follow
 
-        get_settings.cache_clear()
         producer = Producer()
         start_id = f"{int(time.time() * 1000) - 1}-0"
         job_ids = {producer.close(**target) for target in targets}

@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from config.settings import is_loopback_host
+from config.urls import is_loopback_host
 from worker.api.signing import CLOSE_COMMAND, signature
 from worker.dev.sandbox_http import (
     Handler,

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from worker.model.targets import Target
+from worker.model.targets import TARGET_FIELDS, Target
 
 
 class Outcome(StrEnum):
@@ -142,7 +142,7 @@ def target_dict(target: Target | None, raw: dict[str, Any] | None = None) -> dic
         return dict(target.as_fields())
     raw = raw or {}
     echoed: dict[str, Any] = {}
-    for name in ("app", "inst", "stream", "stream_id"):
+    for name in TARGET_FIELDS:
         if name in raw:
             value = raw[name]
             echoed[name] = value if isinstance(value, int | None) else str(value)[:64]

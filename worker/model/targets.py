@@ -20,7 +20,9 @@ MAX_TEXT_LENGTH = 255
 #: ScaleEngine's stream_id is a database id; anything beyond a signed 64-bit integer is garbage.
 MAX_STREAM_ID = 2**63 - 1
 
-TARGET_FIELDS = ("app", "inst", "stream", "stream_id")
+#: A stream named by its application, instance and name; or by its id.
+NAME_FIELDS = ("app", "inst", "stream")
+TARGET_FIELDS = (*NAME_FIELDS, "stream_id")
 JOB_FIELDS = (*TARGET_FIELDS, "origin_url")
 # Characters that are invisible or show as something else, so that a name spoofs what logs,
 # results and Flower show (a bidi override turns "evil\u202egpj.exe" into "evilexe.jpg"):
@@ -115,7 +117,7 @@ class Target:
     @classmethod
     def parse(cls, fields: Mapping[str, Any]) -> Target:
         """Build a target from job fields, raising InvalidTarget naming what is wrong."""
-        named = [name for name in ("app", "inst", "stream") if fields.get(name) is not None]
+        named = [name for name in NAME_FIELDS if fields.get(name) is not None]
         has_id = fields.get("stream_id") is not None
         if has_id and named:
             raise InvalidTarget(
@@ -126,7 +128,7 @@ class Target:
             return cls(stream_id=_check_stream_id(fields["stream_id"]))
         if not named:
             raise InvalidTarget("no target: give app, inst and stream, or stream_id")
-        missing = [name for name in ("app", "inst", "stream") if name not in named]
+        missing = [name for name in NAME_FIELDS if name not in named]
         if missing:
             raise InvalidTarget(f"missing {', '.join(missing)}: app, inst and stream go together")
         return cls(

@@ -30,12 +30,13 @@ from config.settings import Settings, get_settings
 from worker.broker.app import CLOSE_MANY_TASK
 from worker.broker.app import app as default_app
 from worker.broker.messages import chunk_kwargs, chunk_repr, chunk_sizes, split
-from worker.errors import IdempotencyConflict, StreamctlError
+from worker.errors import EnqueueError, IdempotencyConflict, InvalidLines, StreamctlError
 from worker.model.results import Outcome
 from worker.model.targets import CloseJob
-from worker.produce.producer import PUBLISH_RETRY_POLICY, EnqueueError, check_expires, close_kwargs
-from worker.produce.targetfile import InvalidLines, TargetList, read_targets
+from worker.produce.producer import PUBLISH_RETRY_POLICY, check_expires, close_kwargs
+from worker.produce.targetfile import TargetList, read_targets
 from worker.store.batches import BatchState, check_batch_id
+from worker.store.decode import text
 from worker.store.jobs import JobState
 from worker.store.redis import job_state, redis_client
 from worker.store.results_log import follow
@@ -70,11 +71,6 @@ class StartedBatch:
 
 def new_batch_id() -> str:
     return f"{datetime.now(UTC):%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
-
-
-def target_record(job: CloseJob) -> dict[str, Any]:
-    """What a batch keeps of each job, for ``--retry-failed``: the fields that go to the API."""
-    return dict(job.as_fields())
 
 
 class BatchSender:
@@ -119,7 +115,8 @@ class BatchSender:
         if dry_run:
             return StartedBatch(batch_id, job_ids, "0-0", expiry, 0.0, dry_run=True)
         since = log_position(self.redis, self.settings.results_log)
-        records = {job_id: target_record(job) for job_id, job, _ in messages}
+        # What a batch keeps of each job, for --retry-failed: its request fields.
+        records = {job_id: job.as_fields() for job_id, job, _ in messages}
         try:
             # A batch's job ids are derived (a scheduled batch's predictably): one that a close
             # holds as its idempotency key names that close's job, so the batch is refused.
@@ -231,7 +228,7 @@ def log_position(client: redis.Redis, log_stream: str) -> str:
         return "0-0"
     info: Any = client.xinfo_stream(log_stream)
     last = info["last-generated-id"]
-    return last.decode() if isinstance(last, bytes) else str(last)
+    return text(last)
 
 
 def follow_batch(

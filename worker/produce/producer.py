@@ -20,7 +20,7 @@ from celery import Celery
 from config.settings import Settings, get_settings
 from worker.broker.app import CLOSE_TASK
 from worker.broker.app import app as default_app
-from worker.errors import IdempotencyConflict, InvalidTarget, StreamctlError
+from worker.errors import EnqueueError, IdempotencyConflict, InvalidTarget
 from worker.model.targets import CloseJob, check_origin_url
 from worker.store.jobs import CLAIM_TTL, JobState
 from worker.store.redis import job_state, redis_client
@@ -33,10 +33,6 @@ PUBLISH_RETRY_POLICY = {
     "interval_step": 0.4,
     "interval_max": 0.5,
 }
-
-
-class EnqueueError(StreamctlError):
-    """The job could not be handed to the broker; it was not enqueued."""
 
 
 def job_kwargs(

@@ -9,16 +9,13 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
 from worker.errors import InvalidTarget, StreamctlError
 from worker.model.targets import JOB_FIELDS, CloseJob
-
-#: Bad lines quoted in an error message; the rest are counted.
-MAX_QUOTED_ERRORS = 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,20 +25,6 @@ class LineError:
 
     def __str__(self) -> str:
         return f"line {self.line}: {self.message}"
-
-
-class InvalidLines(StreamctlError):
-    """Some lines name no valid target; nothing was enqueued."""
-
-    def __init__(self, errors: Sequence[LineError]) -> None:
-        quoted = "\n  ".join(str(error) for error in errors[:MAX_QUOTED_ERRORS])
-        more = len(errors) - MAX_QUOTED_ERRORS
-        tail = f"\n  ... and {more} more" if more > 0 else ""
-        super().__init__(
-            f"{len(errors)} invalid line(s); nothing was enqueued "
-            f"(--skip-invalid sends the valid ones):\n  {quoted}{tail}"
-        )
-        self.errors = list(errors)
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,28 +26,22 @@ from typing import Any
 from celery.schedules import crontab
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from config.settings import parse_rate
-from worker.errors import ConfigError, InvalidTarget, StreamctlError
+from config.units import duration_seconds, parse_rate
+from worker.errors import InvalidTarget, ScheduleError, StreamctlError
 from worker.model.targets import CloseJob
 
 #: Entry names go into Redis keys, task ids and batch ids (``<name>.<slot>``, at most 64).
 ENTRY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,39}$")
-_DURATION = re.compile(r"^\s*(\d+)\s*(s|m|h|d)?\s*$")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 #: Problems listed per target file before the rest are summarised: enough to fix a file by.
 MAX_LISTED = 5
-
-
-class ScheduleError(ConfigError):
-    """The schedule file, or an entry of it, is invalid; the message names each entry."""
 
 
 def parse_every(value: object) -> int:
     """An interval in whole seconds: ``30``, ``"30"``, ``"90s"``, ``"10m"``, ``"1h"``, ``"1d"``."""
     if isinstance(value, int) and not isinstance(value, bool):
         seconds = value
-    elif isinstance(value, str) and (match := _DURATION.match(value)):
-        seconds = int(match[1]) * _UNITS[match[2] or "s"]
+    elif isinstance(value, str) and (duration := duration_seconds(value, whole=True)) is not None:
+        seconds = int(duration)
     else:
         raise ValueError("must be whole seconds or a duration such as 90s, 10m, 1h or 1d")
     if seconds < 1:

@@ -12,10 +12,9 @@ import logging
 from typing import Any
 
 from config.settings import Settings, get_settings
-from worker.errors import StreamctlError
+from worker.errors import NoSuchBatch, StreamctlError
 from worker.produce.batch import BatchSender
 from worker.schedule.file import load_schedule
-from worker.store.batches import NoSuchBatch
 
 #: The stable name beat sends; defined in ``tasks.schedule``.
 SCHEDULE_TASK = "streamctl.schedule.run"

@@ -30,15 +30,15 @@ import redis
 from celery.beat import Scheduler
 
 from config.settings import get_settings
+from worker.model import keys
 from worker.produce.producer import PUBLISH_RETRY_POLICY
 from worker.schedule.file import Schedule, ScheduleEntry, load_schedule
 from worker.schedule.run import SCHEDULE_TASK
 from worker.store.redis import redis_client
 
-LOCK_KEY = "streamctl:beat:lock"
-RUN_KEY = "streamctl:schedule:run:{entry}:{slot}"
+LOCK_KEY = keys.BEAT_LOCK
 #: A capped stream of the runs sent (entry, slot, batch id, scheduler): an audit trail.
-RUNS_LOG = "streamctl:schedule:runs"
+RUNS_LOG = keys.SCHEDULE_RUNS
 RUNS_LOG_MAXLEN = 10_000
 #: A standby takes over this long after the holder stopped renewing. Short enough that a cron
 #: run (recognised during its own minute only) is still sent after a takeover.
@@ -153,7 +153,7 @@ class LockedScheduler(Scheduler):  # type: ignore[misc]  # Celery ships no type 
 
     def _run(self, entry: ScheduleEntry, slot: int) -> bool:
         """Send the run at ``slot`` unless another scheduler did; False to try again later."""
-        key = RUN_KEY.format(entry=entry.name, slot=slot)
+        key = keys.schedule_run_key(entry.name, slot)
         batch_id = entry.batch_id(slot)
         try:
             # The key outlives the time during which any scheduler may take this slot as due.

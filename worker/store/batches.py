@@ -22,61 +22,17 @@ from typing import Any
 
 import redis
 
-from worker.errors import StreamctlError
+from worker.errors import NoSuchBatch, StreamctlError
+from worker.model.keys import batch_jobs_key, batch_key
 from worker.model.results import BATCH_SUMMARY_FIELDS, BatchSummary, Outcome, isoformat
+from worker.store.decode import text
 
-_PREFIX = "streamctl:batch"
 #: A batch id goes into Redis keys and messages: keep it short and plain.
 BATCH_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
-#: Stands in for "no batch" where a Lua script must be given a key.
-NO_BATCH_KEY = f"{_PREFIX}:-"
 _WRITE_CHUNK = 1000
 
-#: Lua, run by ``worker.store.jobs``'s publish script once a job's result is new. Uses KEYS[2]
-#: (the results log), KEYS[3] (the batch hash) and ARGV[2] (channel), ARGV[4] (log length),
-#: ARGV[5] (the job's outcome), ARGV[6] (its finished_at), ARGV[7] (the batch id), ARGV[8]
-#: (the summary's field names, JSON) and ARGV[9] (the outcome names, JSON). The summary is
-#: written field by field in the order those lists give, so ``BatchSummary`` stays its schema.
-COUNT_IN_BATCH_LUA = """
-if ARGV[7] ~= '' and redis.call('EXISTS', KEYS[3]) == 1 then
-  redis.call('HINCRBY', KEYS[3], 'outcome:' .. ARGV[5], 1)
-  local done = redis.call('HINCRBY', KEYS[3], 'done', 1)
-  local total = tonumber(redis.call('HGET', KEYS[3], 'total') or '-1')
-  if done == total then
-    local counts = {}
-    for _, name in ipairs(cjson.decode(ARGV[9])) do
-      local n = tonumber(redis.call('HGET', KEYS[3], 'outcome:' .. name) or '0')
-      counts[#counts + 1] = cjson.encode(name) .. ':' .. n
-    end
-    local values = {
-      type = cjson.encode('batch'),
-      batch_id = cjson.encode(ARGV[7]),
-      total = tostring(total),
-      counts = '{' .. table.concat(counts, ',') .. '}',
-      started_at = cjson.encode(redis.call('HGET', KEYS[3], 'started_at') or ''),
-      finished_at = cjson.encode(ARGV[6]),
-    }
-    local parts = {}
-    for _, name in ipairs(cjson.decode(ARGV[8])) do
-      parts[#parts + 1] = cjson.encode(name) .. ':' .. values[name]
-    end
-    local summary = '{' .. table.concat(parts, ',') .. '}'
-    redis.call('HSET', KEYS[3], 'finished_at', ARGV[6], 'summary', summary)
-    redis.call('PUBLISH', ARGV[2], summary)
-    redis.call('XADD', KEYS[2], 'MAXLEN', '~', tonumber(ARGV[4]), '*', 'result', summary)
-  end
-end
-"""
 SUMMARY_FIELDS_JSON = json.dumps(list(BATCH_SUMMARY_FIELDS))
 OUTCOMES_JSON = json.dumps([str(outcome) for outcome in Outcome])
-
-
-def batch_key(batch_id: str | None) -> str:
-    return f"{_PREFIX}:{batch_id}" if batch_id else NO_BATCH_KEY
-
-
-def jobs_key(batch_id: str) -> str:
-    return f"{_PREFIX}:{batch_id}:jobs"
 
 
 def check_batch_id(batch_id: str) -> str:
@@ -85,10 +41,6 @@ def check_batch_id(batch_id: str) -> str:
             "a batch id is 1 to 64 letters, digits and _.:- (starting with a letter or digit)"
         )
     return batch_id
-
-
-class NoSuchBatch(StreamctlError):
-    """No batch by that id (never started, or older than STREAMCTL_RESULT_TTL)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,8 +112,8 @@ class BatchState:
             chunk = {
                 job_id: json.dumps(target) for job_id, target in items[start : start + _WRITE_CHUNK]
             }
-            pipe.hset(jobs_key(batch_id), mapping=chunk)  # type: ignore[arg-type]
-        pipe.expire(jobs_key(batch_id), self._ttl)
+            pipe.hset(batch_jobs_key(batch_id), mapping=chunk)  # type: ignore[arg-type]
+        pipe.expire(batch_jobs_key(batch_id), self._ttl)
         pipe.execute()
 
     def shrink(self, batch_id: str, total: int) -> None:
@@ -175,7 +127,7 @@ class BatchState:
         return progress
 
     def progress(self, batch_id: str) -> BatchProgress:
-        raw = {_text(k): _text(v) for k, v in self.redis.hgetall(batch_key(batch_id)).items()}
+        raw = {text(k): text(v) for k, v in self.redis.hgetall(batch_key(batch_id)).items()}
         if "total" not in raw:
             raise NoSuchBatch(f"no batch {batch_id} (unknown, or older than its results)")
         summary = json.loads(raw["summary"]) if "summary" in raw else None
@@ -193,14 +145,10 @@ class BatchState:
 
     def jobs(self, batch_id: str) -> dict[str, dict[str, Any]]:
         """The batch's job ids and their targets (as enqueued)."""
-        raw = self.redis.hgetall(jobs_key(batch_id))
+        raw = self.redis.hgetall(batch_jobs_key(batch_id))
         if not raw:
             raise NoSuchBatch(f"no batch {batch_id} (unknown, or older than its results)")
-        return {_text(k): json.loads(v) for k, v in raw.items()}
+        return {text(k): json.loads(v) for k, v in raw.items()}
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
-__all__ = ["BatchProgress", "BatchState", "NoSuchBatch", "batch_key", "jobs_key"]
+__all__ = ["BatchProgress", "BatchState"]

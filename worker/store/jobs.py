@@ -28,60 +28,19 @@ from typing import Any
 import redis
 
 from worker.errors import IdempotencyConflict
+from worker.model import keys
+from worker.model.keys import batch_key, job_key
 from worker.model.results import Attempt, JobResult
+from worker.model.scripts import load_script
 from worker.model.targets import JOB_FIELDS
-from worker.store.batches import COUNT_IN_BATCH_LUA, OUTCOMES_JSON, SUMMARY_FIELDS_JSON, batch_key
+from worker.store.batches import OUTCOMES_JSON, SUMMARY_FIELDS_JSON
+from worker.store.decode import text
 
-_PREFIX = "streamctl:job"
 #: Jobs enqueued and not yet ended: job id -> its expires_at.
-PENDING_KEY = "streamctl:pending"
+PENDING_KEY = keys.PENDING
 #: Job id -> its task keyword arguments (compact JSON), to end it without its message.
-PENDING_DATA_KEY = "streamctl:pending:data"
+PENDING_DATA_KEY = keys.PENDING_DATA
 
-# The batch count runs in the same script, in the branch a new result takes: a redelivered
-# job that had already ended is neither published nor counted again. Whichever result wins,
-# the job is no longer pending.
-_PUBLISH_ONCE = (
-    """
-redis.call('ZREM', KEYS[5], ARGV[10])
-redis.call('HDEL', KEYS[6], ARGV[10])
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', tonumber(ARGV[3])) then
-  redis.call('PUBLISH', ARGV[2], ARGV[1])
-  redis.call('XADD', KEYS[2], 'MAXLEN', '~', tonumber(ARGV[4]), '*', 'result', ARGV[1])
-"""
-    + COUNT_IN_BATCH_LUA
-    + """
-  redis.call('DEL', KEYS[4])
-  return 1
-end
-return 0
-"""
-)
-
-# A job id is taken when it has a claim (a close's), a final result, or a pending entry of a
-# batch (a batch's jobs have no claim): the script returns what holds it, or claims it, in one
-# step. A close's pending entry left without its claim (an enqueue that failed with Redis
-# unreachable, its claim expired since) does not hold the id: the retry enqueues it again.
-_CLAIM = """
-local held = redis.call('GET', KEYS[1])
-if held then return {'claim', held} end
-local result = redis.call('GET', KEYS[2])
-if result then return {'result', result} end
-local pending = redis.call('HGET', KEYS[3], ARGV[3])
-if pending and cjson.decode(pending)['batch_id'] then return {'pending', pending} end
-redis.call('SET', KEYS[1], ARGV[1], 'EX', tonumber(ARGV[2]))
-return {'claimed', ARGV[1]}
-"""
-
-# Only the enqueue that claimed a job id may release it (and the pending entry it recorded).
-_RELEASE_CLAIM = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('DEL', KEYS[1])
-  redis.call('ZREM', KEYS[2], ARGV[2])
-  redis.call('HDEL', KEYS[3], ARGV[2])
-end
-return 0
-"""
 #: Seconds an enqueue's claim on a job id lasts before it is published: far above one publish
 #: with its retries, short enough that a claim left by a failed enqueue soon frees the id.
 CLAIM_TTL = 30
@@ -96,10 +55,6 @@ def _encode_fields(fields: Mapping[str, Any]) -> str:
 def _claim_value(state: str, fields: Mapping[str, Any]) -> str:
     # A claim key holds "<state>\n<fields as JSON>"; JSON never holds a raw newline.
     return f"{state}\n{_encode_fields(fields)}"
-
-
-def _text(raw: bytes | str) -> str:
-    return raw.decode() if isinstance(raw, bytes) else str(raw)
 
 
 def _differing(first: Mapping[str, Any], second: Mapping[str, Any]) -> list[str]:
@@ -128,10 +83,6 @@ class PriorState:
     attempts: list[Attempt]
 
 
-def _key(job_id: str, part: str) -> str:
-    return f"{_PREFIX}:{job_id}:{part}"
-
-
 class JobState:
     """Reads and writes the Redis keys of jobs. Safe to share between threads."""
 
@@ -149,9 +100,10 @@ class JobState:
         self._log_stream = log_stream
         self._log_maxlen = log_maxlen
         self._ttl = ttl_seconds
-        self._publish_once = client.register_script(_PUBLISH_ONCE)
-        self._release = client.register_script(_RELEASE_CLAIM)
-        self._claim = client.register_script(_CLAIM)
+        # Scripts and their KEYS/ARGV: lua/publish_final.lua, release_job_id.lua, claim_job_id.lua.
+        self._publish_once = client.register_script(load_script("publish_final"))
+        self._release = client.register_script(load_script("release_job_id"))
+        self._claim = client.register_script(load_script("claim_job_id"))
 
     # --- producer side ----------------------------------------------------------------------
 
@@ -170,9 +122,9 @@ class JobState:
         """
         mine = _claim_value(f"claimed:{token}", fields)
         holder, raw = (
-            _text(part)
+            text(part)
             for part in self._claim(
-                keys=[_key(job_id, "enqueued"), _key(job_id, "result"), PENDING_DATA_KEY],
+                keys=[job_key(job_id, "enqueued"), job_key(job_id, "result"), PENDING_DATA_KEY],
                 args=[mine, CLAIM_TTL, job_id],
             )
         )
@@ -196,12 +148,12 @@ class JobState:
         chunks = [job_ids[i : i + _PENDING_CHUNK] for i in range(0, len(job_ids), _PENDING_CHUNK)]
         pipe = self.redis.pipeline(transaction=False)
         for chunk in chunks:
-            pipe.exists(*[_key(job_id, "enqueued") for job_id in chunk])
+            pipe.exists(*[job_key(job_id, "enqueued") for job_id in chunk])
         suspects = [
             job_id for chunk, n in zip(chunks, pipe.execute(), strict=True) if n for job_id in chunk
         ]
         for job_id in suspects:
-            pipe.exists(_key(job_id, "enqueued"))
+            pipe.exists(job_key(job_id, "enqueued"))
         held = pipe.execute() if suspects else []
         return [job_id for job_id, one in zip(suspects, held, strict=True) if one]
 
@@ -222,7 +174,7 @@ class JobState:
     def pending_due(self, before: float, limit: int) -> list[tuple[str, dict[str, Any]]]:
         """Up to ``limit`` pending jobs that expired before ``before``: (job id, task kwargs)."""
         raw_ids = self.redis.zrangebyscore(PENDING_KEY, "-inf", before, start=0, num=limit)
-        ids = [raw.decode() if isinstance(raw, bytes) else str(raw) for raw in raw_ids]
+        ids = [text(raw) for raw in raw_ids]
         if not ids:
             return []
         data = self.redis.hmget(PENDING_DATA_KEY, ids)
@@ -233,12 +185,12 @@ class JobState:
 
     def confirm_job_id(self, job_id: str, fields: Mapping[str, Any]) -> None:
         """The job is published: keep its idempotency key, and its fields, for the result TTL."""
-        self.redis.set(_key(job_id, "enqueued"), _claim_value("enqueued", fields), ex=self._ttl)
+        self.redis.set(job_key(job_id, "enqueued"), _claim_value("enqueued", fields), ex=self._ttl)
 
     def release_job_id(self, job_id: str, token: str, fields: Mapping[str, Any]) -> None:
         """Undo ``claim_job_id`` when the enqueue itself failed, so the producer can retry."""
         self._release(
-            keys=[_key(job_id, "enqueued"), PENDING_KEY, PENDING_DATA_KEY],
+            keys=[job_key(job_id, "enqueued"), PENDING_KEY, PENDING_DATA_KEY],
             args=[_claim_value(f"claimed:{token}", fields), job_id],
         )
 
@@ -246,21 +198,21 @@ class JobState:
 
     def first_seen(self, job_id: str, now: float) -> float:
         """When a worker first saw this job: the expiry base for jobs enqueued without one."""
-        key = _key(job_id, "seen")
+        key = job_key(job_id, "seen")
         self.redis.set(key, repr(now), nx=True, ex=self._ttl)
         stored = self.redis.get(key)
         return float(stored) if stored is not None else now
 
     def record_attempt(self, job_id: str, attempt: Attempt) -> None:
         """Keep an attempt so the final result lists every request, across deliveries."""
-        key = _key(job_id, "attempts")
+        key = job_key(job_id, "attempts")
         pipe = self.redis.pipeline(transaction=False)
         pipe.rpush(key, json.dumps(attempt.to_dict()))
         pipe.expire(key, self._ttl)
         pipe.execute()
 
     def attempts(self, job_id: str) -> list[Attempt]:
-        raw = self.redis.lrange(_key(job_id, "attempts"), 0, -1)
+        raw = self.redis.lrange(job_key(job_id, "attempts"), 0, -1)
         return [Attempt(**json.loads(item)) for item in raw]
 
     def prior_states(self, job_ids: Sequence[str]) -> list[PriorState]:
@@ -271,8 +223,8 @@ class JobState:
         """
         pipe = self.redis.pipeline(transaction=False)
         for job_id in job_ids:
-            pipe.get(_key(job_id, "result"))
-            pipe.lrange(_key(job_id, "attempts"), 0, -1)
+            pipe.get(job_key(job_id, "result"))
+            pipe.lrange(job_key(job_id, "attempts"), 0, -1)
         replies = pipe.execute()
         return [
             PriorState(
@@ -284,35 +236,35 @@ class JobState:
 
     def add_deferral(self, job_id: str) -> None:
         """Count a hand-back to the broker for the rate limit: it uses no retry budget."""
-        key = _key(job_id, "deferrals")
+        key = job_key(job_id, "deferrals")
         pipe = self.redis.pipeline(transaction=False)
         pipe.incr(key)
         pipe.expire(key, self._ttl)
         pipe.execute()
 
     def deferrals(self, job_id: str) -> int:
-        return int(self.redis.get(_key(job_id, "deferrals")) or 0)
+        return int(self.redis.get(job_key(job_id, "deferrals")) or 0)
 
     def final_results(self, job_ids: list[str]) -> dict[str, dict[str, Any] | None]:
         """Many jobs' final results in one round trip (None: no result yet)."""
-        raw = self.redis.mget([_key(job_id, "result") for job_id in job_ids]) if job_ids else []
+        raw = self.redis.mget([job_key(job_id, "result") for job_id in job_ids]) if job_ids else []
         return {
             job_id: None if item is None else dict(json.loads(item))
             for job_id, item in zip(job_ids, raw, strict=True)
         }
 
     def final_result(self, job_id: str) -> dict[str, Any] | None:
-        raw = self.redis.get(_key(job_id, "result"))
+        raw = self.redis.get(job_key(job_id, "result"))
         return None if raw is None else dict(json.loads(raw))
 
     def publish_final(self, result: JobResult) -> bool:
         """Store, publish and log the final result; False if the job already had one."""
         published = self._publish_once(
             keys=[
-                _key(result.job_id, "result"),
+                job_key(result.job_id, "result"),
                 self._log_stream,
                 batch_key(result.batch_id),
-                _key(result.job_id, "attempts"),
+                job_key(result.job_id, "attempts"),
                 PENDING_KEY,
                 PENDING_DATA_KEY,
             ],

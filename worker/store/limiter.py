@@ -37,107 +37,20 @@ import redis
 
 from config.settings import Settings
 from worker.api.client import Permit, SendContext
-from worker.api.clock import CLAIM_FUNCTION, CLAIM_TTL_SECONDS
+from worker.api.clock import CLAIM_TTL_SECONDS
 from worker.errors import ApiBusy, ApiError, JobCancelled, JobExpired, Throttled
-from worker.store.batches import batch_key
+from worker.model import keys
+from worker.model.keys import batch_key
+from worker.model.scripts import load_script
 from worker.telemetry import metrics
 
 log = logging.getLogger("streamctl.ratelimit")
 
-PREFIX = "streamctl:limit"
+PREFIX = keys.LIMIT_PREFIX
 #: Spare seconds on an in-flight lease beyond the HTTP timeouts (signing, a slow thread).
 LEASE_MARGIN = 5.0
 
 GO, FULL, THROTTLED, CANCELLED, TOO_LATE = range(5)
-
-# Times are integer microseconds from Redis's own clock, so workers' clocks do not matter.
-# KEYS: cluster TAT, busy-until, in-flight leases, the batch hash, the batch TAT, the job slot,
-#       and optionally the target's timestamp key (worker.api.clock), claimed on a go at once.
-# ARGV: cluster interval, burst, busy interval, max in flight (0: none), lease id, lease length,
-#       longest wait the caller will sleep, latest send time (0: none), slot key lifetime (ms),
-#       the local time in seconds to claim a timestamp from, the timestamp key's lifetime.
-# Reply: {status, wait in microseconds}, and on a go the claimed timestamp (0: none claimed).
-_ACQUIRE = (
-    CLAIM_FUNCTION
-    + """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-if redis.call('HEXISTS', KEYS[4], 'cancelled') == 1 then return {3, 0} end
-local max_in_flight = tonumber(ARGV[4])
-if max_in_flight > 0 then
-  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
-  if redis.call('ZCARD', KEYS[3]) >= max_in_flight then
-    local first = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
-    return {1, math.floor(math.max(tonumber(first[2]) - now, 0))}
-  end
-end
-local at = now
-local slot = redis.call('GET', KEYS[6])
-local limits = {}
-if slot then
-  at = math.max(tonumber(slot), now)
-else
-  local interval, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
-  if tonumber(redis.call('GET', KEYS[2]) or '0') > now then
-    interval, burst = math.max(interval, tonumber(ARGV[3])), 1
-  end
-  if interval > 0 then limits[#limits + 1] = {KEYS[1], interval, burst} end
-  local rate = tonumber(redis.call('HGET', KEYS[4], 'rate') or '0')
-  if rate > 0 then limits[#limits + 1] = {KEYS[5], 1000000 / rate, tonumber(ARGV[2])} end
-  for _, limit in ipairs(limits) do
-    local tat = math.max(tonumber(redis.call('GET', limit[1]) or '0'), now)
-    at = math.max(at, tat - (limit[3] - 1) * limit[2])
-  end
-end
-local latest = tonumber(ARGV[8])
-if latest > 0 and at > latest then return {4, math.floor(at - now)} end
-for _, limit in ipairs(limits) do
-  local tat = math.max(tonumber(redis.call('GET', limit[1]) or '0'), at) + limit[2]
-  local ttl = math.ceil((tat - now) / 1000) + 1000
-  redis.call('SET', limit[1], string.format('%.0f', tat), 'PX', ttl)
-end
-if at - now > tonumber(ARGV[7]) then
-  if not slot then
-    redis.call('SET', KEYS[6], string.format('%.0f', at), 'PX', tonumber(ARGV[9]))
-  end
-  return {2, math.floor(at - now)}
-end
-if slot then redis.call('DEL', KEYS[6]) end
-if max_in_flight > 0 then
-  local lapse = at + tonumber(ARGV[6])
-  redis.call('ZADD', KEYS[3], string.format('%.0f', lapse), ARGV[5])
-  redis.call('PEXPIRE', KEYS[3], math.ceil((lapse - now) / 1000) + 1000)
-end
--- A go that must wait claims no timestamp: the caller claims after its wait, right before
--- it sends, so that a claim is never older than its send nor overtaken by a later one.
-local wait = math.floor(at - now)
-local claimed = 0
-if KEYS[7] and wait == 0 then
-  claimed = claim_timestamp(KEYS[7], tonumber(ARGV[10]), tonumber(ARGV[11]))
-end
-return {0, wait, claimed}
-"""
-)
-
-# KEYS: in-flight leases, the wake-up list, busy-until. ARGV: lease id ('' for none),
-# max in flight, busy duration in microseconds (0: the attempt was not answered with 1000).
-_RELEASE = """
-if ARGV[1] ~= '' and redis.call('ZREM', KEYS[1], ARGV[1]) == 1 then
-  redis.call('LPUSH', KEYS[2], '1')
-  redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[2]) - 1)
-  redis.call('PEXPIRE', KEYS[2], 60000)
-end
-local busy = tonumber(ARGV[3])
-if busy > 0 then
-  local t = redis.call('TIME')
-  local busy_until = tonumber(t[1]) * 1000000 + tonumber(t[2]) + busy
-  if busy_until > tonumber(redis.call('GET', KEYS[3]) or '0') then
-    redis.call('SET', KEYS[3], string.format('%.0f', busy_until), 'PX', math.ceil(busy / 1000))
-  end
-end
-return 1
-"""
-
 
 def _us(seconds: float) -> int:
     return math.ceil(seconds * 1_000_000)
@@ -177,12 +90,13 @@ class ClusterLimiter:
         self.redis = client
         self.config = config
         self.prefix = prefix
-        self.busy_key = f"{prefix}:busy_until"
-        self._tat_key = f"{prefix}:tat"
-        self._in_flight_key = f"{prefix}:in_flight"
-        self._freed_key = f"{prefix}:freed"
-        self._acquire = client.register_script(_ACQUIRE)
-        self._release = client.register_script(_RELEASE)
+        self.busy_key = keys.limiter_key(prefix, "busy_until")
+        self._tat_key = keys.limiter_key(prefix, "tat")
+        self._in_flight_key = keys.limiter_key(prefix, "in_flight")
+        self._freed_key = keys.limiter_key(prefix, "freed")
+        # Scripts and their KEYS/ARGV: lua/limiter_acquire.lua, lua/limiter_release.lua.
+        self._acquire = client.register_script(load_script("limiter_acquire"))
+        self._release = client.register_script(load_script("limiter_release"))
 
     def __call__(self, context: SendContext) -> Permit:
         started = time.monotonic()
@@ -234,18 +148,18 @@ class ClusterLimiter:
     def _ask(self, context: SendContext, lease: str, max_wait: float) -> tuple[int, int, int]:
         config = self.config
         job = context.job_id or lease
-        keys = [
+        script_keys = [
             self._tat_key,
             self.busy_key,
             self._in_flight_key,
             batch_key(context.batch_id),
-            f"{self.prefix}:batch:{context.batch_id or '-'}:tat",
-            f"{self.prefix}:slot:{job}",
+            keys.limiter_batch_tat(self.prefix, context.batch_id),
+            keys.limiter_slot(self.prefix, job),
         ]
         if context.timestamp_key is not None:
-            keys.append(context.timestamp_key)
+            script_keys.append(context.timestamp_key)
         reply = self._acquire(
-            keys=keys,
+            keys=script_keys,
             args=[
                 _us(1 / config.rate) if config.rate else 0,
                 config.burst,

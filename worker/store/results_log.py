@@ -15,19 +15,18 @@ from typing import Any
 
 import redis
 
+from config.units import duration_seconds
 from worker.errors import StreamctlError
-
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+from worker.store.decode import text
 
 
 def since_to_stream_id(since: str, now: float | None = None) -> str:
     """``--since``: a stream id (``1700000000000-0``), ``all``, or a duration like ``10m``."""
     if since in ("all", "0"):
         return "0-0"
-    match = _DURATION.match(since)
-    if match:
-        moment = (time.time() if now is None else now) - float(match[1]) * _UNITS[match[2]]
+    seconds = duration_seconds(since, unit_required=True)
+    if seconds is not None:
+        moment = (time.time() if now is None else now) - seconds
         return f"{int(moment * 1000)}-0"
     if re.match(r"^\d+(-\d+)?$", since):
         return since
@@ -49,13 +48,13 @@ def follow(
     if last == "$":
         # Resolve "$" once, so that results arriving between two reads are not skipped.
         info = client.xinfo_stream(log_stream) if client.exists(log_stream) else None
-        last = _text(info["last-generated-id"]) if info else "0-0"
+        last = text(info["last-generated-id"]) if info else "0-0"
     deadline = None if stop_after is None else time.monotonic() + stop_after
     while deadline is None or time.monotonic() < deadline:
         replies: Any = client.xread({log_stream: last}, count=500, block=block_ms)
         for _stream, entries in replies or []:
             for entry_id, fields in entries:
-                last = _text(entry_id)
+                last = text(entry_id)
                 yield last, json.loads(fields[b"result"])
 
 
@@ -88,7 +87,3 @@ def wait_for_result(
         return None
     finally:
         pubsub.close()
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

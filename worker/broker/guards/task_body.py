@@ -21,6 +21,8 @@ from celery import Task
 from celery.exceptions import InvalidTaskError
 from celery.worker.strategy import default
 
+from worker.broker import links
+
 
 def check_body(payload: object) -> None:
     """Raise InvalidTaskError unless ``payload`` has the shape of a task message body.
@@ -56,4 +58,4 @@ def checked(task: Any, app: Any, consumer: Any, **options: Any) -> Callable[...,
 class GuardedTask(Task):  # type: ignore[misc]  # celery ships no type hints
     """Every task of the app: Celery's Task, its messages' bodies checked before use."""
 
-    Strategy = "worker.broker.guards.task_body:checked"
+    Strategy = links.TASK_STRATEGY

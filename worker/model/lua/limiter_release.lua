@@ -1,0 +1,19 @@
+-- Give back an in-flight lease and record an API 1000 (worker.store.limiter.release).
+-- KEYS[1]  the in-flight leases   KEYS[2]  the wake-up list   KEYS[3]  busy-until
+-- ARGV[1]  lease id ('' for none) ARGV[2]  max in flight
+-- ARGV[3]  busy duration in microseconds (0: the attempt was not answered with 1000)
+-- Reply: 1.
+if ARGV[1] ~= '' and redis.call('ZREM', KEYS[1], ARGV[1]) == 1 then
+  redis.call('LPUSH', KEYS[2], '1')
+  redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[2]) - 1)
+  redis.call('PEXPIRE', KEYS[2], 60000)
+end
+local busy = tonumber(ARGV[3])
+if busy > 0 then
+  local t = redis.call('TIME')
+  local busy_until = tonumber(t[1]) * 1000000 + tonumber(t[2]) + busy
+  if busy_until > tonumber(redis.call('GET', KEYS[3]) or '0') then
+    redis.call('SET', KEYS[3], string.format('%.0f', busy_until), 'PX', math.ceil(busy / 1000))
+  end
+end
+return 1
