@@ -7,9 +7,11 @@ import threading
 from config.settings import Settings, get_settings
 from worker.api.client import Account, ScaleEngineClient
 from worker.api.clock import TimestampClock, account_scope
+from worker.api.hooks import DEFAULT_HOOKS
 from worker.api.retry import RetryPolicy
-from worker.api.transport import SessionPool
+from worker.api.transport import RequestsTransport, SessionPool, Transport
 from worker.consume.runner import JobRunner
+from worker.store.jobs import RecordFailedAttempts
 from worker.store.limiter import ClusterLimiter, LimitConfig
 from worker.store.redis import job_state, redis_client
 
@@ -17,24 +19,27 @@ _lock = threading.Lock()
 _runner: JobRunner | None = None
 
 
-def build_runner(settings: Settings) -> JobRunner:
+def build_runner(settings: Settings, *, transport: Transport | None = None) -> JobRunner:
+    """The job runner; ``transport`` replaces HTTP (a ``MockTransport`` in tests)."""
     cdn, api_key, api_secret = settings.require_credentials()
     assert settings.api_key is not None and settings.api_secret is not None
     client = redis_client(settings)
     policy = RetryPolicy.from_settings(settings)
+    state = job_state(settings, client)
     api = ScaleEngineClient(
         api_url=settings.api_url,
         account=Account(cdn=cdn, api_key=settings.api_key, api_secret=settings.api_secret),
         clock=TimestampClock(client, account_scope(cdn, api_key)),
-        sessions=SessionPool(ca_bundle=settings.ca_bundle),
+        transport=transport or RequestsTransport(SessionPool(ca_bundle=settings.ca_bundle)),
         policy=policy,
         timeout=(settings.connect_timeout, settings.read_timeout),
         before_send=ClusterLimiter(client, LimitConfig.from_settings(settings)),
+        hooks=(*DEFAULT_HOOKS, RecordFailedAttempts(state)),
     )
     del api_secret  # kept only inside the SecretStr
     return JobRunner(
         client=api,
-        state=job_state(settings, client),
+        state=state,
         policy=policy,
         job_expiry=settings.job_expiry,
         default_origin_url=settings.origin_url,
