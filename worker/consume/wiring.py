@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import threading
+import time
+from collections.abc import Callable
 
 from config.settings import Settings, get_settings
 from worker.api.client import Account, ScaleEngineClient
@@ -19,8 +21,15 @@ _lock = threading.Lock()
 _runner: JobRunner | None = None
 
 
-def build_runner(settings: Settings, *, transport: Transport | None = None) -> JobRunner:
-    """The job runner; ``transport`` replaces HTTP (a ``MockTransport`` in tests)."""
+def build_runner(
+    settings: Settings,
+    *,
+    transport: Transport | None = None,
+    clock_sleep: Callable[[float], None] = time.sleep,
+) -> JobRunner:
+    """The job runner. Tests of its decisions give a ``MockTransport`` instead of HTTP, and a
+    ``clock_sleep`` that does not wait for a timestamp claimed ahead (the same target's next
+    second), so that a retry takes milliseconds."""
     cdn, api_key, api_secret = settings.require_credentials()
     assert settings.api_key is not None and settings.api_secret is not None
     client = redis_client(settings)
@@ -29,7 +38,7 @@ def build_runner(settings: Settings, *, transport: Transport | None = None) -> J
     api = ScaleEngineClient(
         api_url=settings.api_url,
         account=Account(cdn=cdn, api_key=settings.api_key, api_secret=settings.api_secret),
-        clock=TimestampClock(client, account_scope(cdn, api_key)),
+        clock=TimestampClock(client, account_scope(cdn, api_key), sleep=clock_sleep),
         transport=transport or RequestsTransport(SessionPool(ca_bundle=settings.ca_bundle)),
         policy=policy,
         timeout=(settings.connect_timeout, settings.read_timeout),
