@@ -164,6 +164,7 @@ def test_a_connection_failure_counts_as_transient(
     job_id, kwargs = job(retries=1)
     later = run(runner, job_id, kwargs)
     assert isinstance(later, RetryLater) and later.kwargs["retries"] == 2
+    assert len(transport.requests) == 3
     assert [a.http_status for a in runner.state.attempts(job_id)] == [None] * 3
 
 
