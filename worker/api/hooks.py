@@ -45,7 +45,7 @@ class AttemptEnd:
     context: AttemptContext
     number: int
     attempt: Attempt
-    #: None: a success, or no reply was classified.
+    #: None: a success (or a bug ended the attempt before its reply was classified).
     error: ApiError | None
 
 

@@ -126,9 +126,9 @@ class RetryPolicy:
         wait = base / 2 + random.uniform(0, base / 2)
         return max(wait, _retry_after(error))
 
-    def countdown(self, celery_retries: int, error: BaseException | None) -> float:
-        """Countdown before Celery delivers the job again, after its ``celery_retries``-th retry."""
-        base = self.celery_retry_countdown * 2.0**celery_retries
+    def countdown(self, retries: int, error: BaseException | None) -> float:
+        """Countdown before Celery delivers the job again, after its ``retries``-th retry."""
+        base = self.celery_retry_countdown * 2.0**retries
         wait = base * random.uniform(0.8, 1.0)
         if isinstance(error, ApiBusy):
             wait = max(wait, self.busy_backoff)
