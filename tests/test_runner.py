@@ -262,6 +262,21 @@ def test_already_final_is_neither_sent_nor_published_again(
     assert len(transport.requests) == 1
 
 
+def test_a_bug_still_ends_the_job_with_one_result(
+    runner_for: Callable[[Replies], tuple[JobRunner, MockTransport]],
+) -> None:
+    def broken(request: MockRequest) -> Reply:
+        raise RuntimeError("a bug in the transport")
+
+    runner, transport = runner_for(replies(UNAVAILABLE))
+    job_id, kwargs = job()
+    assert isinstance(run(runner, job_id, kwargs), RetryLater)  # its failed attempts are kept
+    transport.handler = broken
+    result = published(runner, job_id, run(runner, job_id, {**kwargs, "retries": 1}))
+    assert (result["outcome"], result["message"]) == ("error", "internal error: RuntimeError")
+    assert [a["http_status"] for a in result["attempts"]] == [503] * 3
+
+
 # --- within a delivery ---------------------------------------------------------------------
 
 
