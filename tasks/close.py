@@ -24,15 +24,10 @@ _OPTIONS: dict[str, Any] = {
 
 @app.task(name=CLOSE_TASK, max_retries=None, **_OPTIONS)
 def close_stream(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
-    delivery = Delivery(
-        job_id=self.request.id,
-        args=tuple(args),
-        kwargs=kwargs,
-        celery_retries=self.request.retries,
-    )
-    outcome = runner().run(delivery)
+    outcome = runner().run(Delivery(job_id=self.request.id, args=tuple(args), kwargs=kwargs))
     if isinstance(outcome, RetryLater):
-        raise self.retry(countdown=outcome.countdown, max_retries=None)
+        # The job's counts travel in its kwargs (worker.api.retry), not in Celery's retries.
+        raise self.retry(countdown=outcome.countdown, kwargs=outcome.kwargs, max_retries=None)
     if isinstance(outcome, AlreadyFinal):
         return outcome.result
     return outcome.to_dict()
@@ -53,9 +48,7 @@ def close_many(self: Task, *args: Any, **kwargs: Any) -> dict[str, int]:
             job_runner.reject(job_id, "a batch entry must be an object of the job's fields")
     run = job_runner.run_chunk(deliveries)
     for delivery, later in run.retry_later:
-        messages.send_retry(
-            self.app, delivery.job_id, delivery.kwargs, countdown=later.countdown, retries=1
-        )
+        messages.send_retry(self.app, delivery.job_id, later.kwargs, countdown=later.countdown)
     if run.leftover:
         messages.send_chunk(self.app, [(d.job_id, d.kwargs) for d in run.leftover])
     return {"ended": run.ended, "retried": len(run.retry_later), "leftover": len(run.leftover)}

@@ -22,7 +22,7 @@ from worker import errors
 from worker.api.client import Account, BeforeSend, ScaleEngineClient
 from worker.api.clock import TimestampClock
 from worker.api.retry import RetryPolicy
-from worker.api.transport import SessionPool
+from worker.api.transport import RequestsTransport, SessionPool
 from worker.consume.runner import Delivery
 from worker.consume.wiring import build_runner
 from worker.dev.embedded_redis import free_port
@@ -61,7 +61,7 @@ def make_client(
         api_url=url,
         account=ACCOUNT,
         clock=clock or new_clock(redis_client, now=now),
-        sessions=SessionPool(ca_bundle=ca_bundle),
+        transport=RequestsTransport(SessionPool(ca_bundle=ca_bundle)),
         policy=policy(attempts),
         timeout=(1.0, read_timeout),
         before_send=before_send,
@@ -100,15 +100,10 @@ def new_job() -> CloseJob:
 def close(
     client: ScaleEngineClient, job: CloseJob, *, expires_in: float = 60
 ) -> tuple[Any, list[Attempt]]:
-    attempts: list[Attempt] = []
-    outcome = client.close_stream(
-        job,
-        origin_url=None,
-        expires_at=time.time() + expires_in,
-        deadline=20,
-        on_attempt=attempts.append,
+    report = client.close_stream(
+        job, origin_url=None, expires_at=time.time() + expires_in, deadline=20
     )
-    return outcome, attempts
+    return report.unwrap(), report.attempts
 
 
 def test_success_parses_string_handle_time(sandbox: Any, redis_client: redis.Redis) -> None:
@@ -219,9 +214,7 @@ def test_nothing_is_sent_after_expiry(sandbox: Any, redis_client: redis.Redis) -
     client = make_client(sandbox.url, redis_client, attempts=50)
     expires_at = time.time() + 1.2
     with pytest.raises(errors.JobExpired):  # the deadline (20 s) is not what stops the retries
-        client.close_stream(
-            job, origin_url=None, expires_at=expires_at, deadline=20, on_attempt=lambda a: None
-        )
+        client.close_stream(job, origin_url=None, expires_at=expires_at, deadline=20).unwrap()
     stop = time.time()
     time.sleep(0.5)
     records = sandbox.requests_for(dict(job.target.as_fields()))

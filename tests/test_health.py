@@ -266,13 +266,13 @@ def test_the_api_client_repr_masks_the_url_credentials(redis_client: Any) -> Non
     from worker.api.client import Account, ScaleEngineClient
     from worker.api.clock import TimestampClock
     from worker.api.retry import RetryPolicy
-    from worker.api.transport import SessionPool
+    from worker.api.transport import RequestsTransport, SessionPool
 
     client = ScaleEngineClient(
         api_url="https://apiuser:pa55word@api.example.com/stable/",
         account=Account(cdn=1, api_key=SecretStr("k"), api_secret=SecretStr("s")),
         clock=TimestampClock(redis_client, "test-repr"),
-        sessions=SessionPool(),
+        transport=RequestsTransport(SessionPool()),
         policy=RetryPolicy(
             max_attempts=1,
             deadline=1,

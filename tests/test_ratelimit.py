@@ -229,12 +229,8 @@ def test_one_targets_timestamps_reach_the_api_in_order_and_fresh(
         time.sleep(max(begin - time.time(), 0.0))
         try:
             client.close_stream(
-                job,
-                origin_url=None,
-                expires_at=time.time() + 30,
-                deadline=20,
-                on_attempt=lambda attempt: None,
-            )
+                job, origin_url=None, expires_at=time.time() + 30, deadline=20
+            ).unwrap()
         except BaseException as exc:
             failures.append(exc)
 

@@ -180,8 +180,8 @@ class ApiRefused(PermanentError):
 class TimestampRejected(PermanentError):
     """Code 0002, timestamp outside the valid range.
 
-    Permanent in itself (a skewed clock stays skewed), but the client re-signs once with a
-    fresh timestamp before giving up, since a request can also be delayed in flight.
+    Permanent in itself (a skewed clock stays skewed), but the retry policy signs it afresh
+    once, at once, before giving up, since a request can also be delayed in flight.
     """
 
 

@@ -4,28 +4,39 @@ Every HTTP attempt claims a fresh timestamp (strictly greater than any used befo
 same account and target) right before it is signed and sent, after any wait of the rate limiter,
 so no request body is ever sent twice, no signature is ever stored, and one target's timestamps
 reach the API in the order they were claimed (see ``worker.api.clock``).
+
+``close_stream`` returns a ``CloseReport``: the delivery's attempts and how it ended. What is
+retried and when is ``worker.api.retry``'s; logs, metrics and records of attempts are hooks
+(``worker.api.hooks``); the HTTP goes through a ``Transport`` (``worker.api.transport``).
 """
 
 from __future__ import annotations
 
-import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 from pydantic import SecretStr
 
 from config.urls import mask_url
 from worker.api import transport
 from worker.api.clock import TimestampClock
+from worker.api.hooks import (
+    DEFAULT_HOOKS,
+    AttemptContext,
+    AttemptEnd,
+    AttemptHook,
+    AttemptStart,
+    RetryScheduled,
+)
 from worker.api.retry import RetryPolicy
 from worker.api.signing import CLOSE_COMMAND, request_fields, signed_body
-from worker.errors import ApiError, JobExpired, TimestampRejected
+from worker.errors import ApiError, JobCancelled, JobExpired, Throttled
 from worker.model.results import Attempt
 from worker.model.targets import CloseJob
-from worker.telemetry import metrics
 
-log = logging.getLogger("streamctl.client")
+#: How a delivery's sending may end, besides success (anything else is a bug and propagates).
+Ending = ApiError | JobExpired | JobCancelled | Throttled
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +80,23 @@ class Account:
     api_secret: SecretStr
 
 
+@dataclass(slots=True)
+class CloseReport:
+    """What one delivery's sending did: its attempts, in order, and how it ended."""
+
+    attempts: list[Attempt] = field(default_factory=list)
+    success: transport.ApiSuccess | None = None
+    #: None on success: the last ApiError, or JobExpired, JobCancelled, Throttled.
+    error: Ending | None = None
+
+    def unwrap(self) -> transport.ApiSuccess:
+        """The success, or raise what the sending ended with."""
+        if self.error is not None:
+            raise self.error
+        assert self.success is not None
+        return self.success
+
+
 class ScaleEngineClient:
     def __init__(
         self,
@@ -76,18 +104,20 @@ class ScaleEngineClient:
         api_url: str,
         account: Account,
         clock: TimestampClock,
-        sessions: transport.SessionPool,
+        transport: transport.Transport,
         policy: RetryPolicy,
         timeout: tuple[float, float],
         before_send: BeforeSend | None = None,
+        hooks: Sequence[AttemptHook] = DEFAULT_HOOKS,
     ) -> None:
         self._url = api_url
         self._account = account
         self._clock = clock
-        self._sessions = sessions
+        self._transport = transport
         self._policy = policy
         self._timeout = timeout
         self._before_send = before_send
+        self._hooks = tuple(hooks)
 
     def __repr__(self) -> str:
         return f"ScaleEngineClient(url={mask_url(self._url)!r}, cdn={self._account.cdn})"
@@ -103,35 +133,38 @@ class ScaleEngineClient:
         origin_url: str | None,
         expires_at: float,
         deadline: float,
-        on_attempt: Callable[[Attempt], None],
         label: str = "",
         job_id: str | None = None,
         batch_id: str | None = None,
-    ) -> transport.ApiSuccess:
+    ) -> CloseReport:
         """Close ``job``'s stream, retrying transient failures within ``deadline`` seconds.
 
-        Raises the last ApiError when the API refused or the retries ran out, and JobExpired
-        when ``expires_at`` (unix time) passes before a request could be sent, or at once when
-        the target's next timestamp lies beyond it.
+        The report ends in the last ApiError when the API refused or the retries ran out, and
+        in JobExpired when ``expires_at`` (unix time) passes before a request could be sent,
+        or at once when the target's next timestamp lies beyond it.
         """
-        resigned = False
+        report = CloseReport()
+        context = AttemptContext(
+            job_id=job_id, batch_id=batch_id, label=label, target=job.target.as_fields()
+        )
         timestamp_key = self._clock.key(job.target.key)
 
-        def send() -> transport.ApiSuccess:
+        def attempt() -> transport.ApiSuccess:
             permit = Permit()
             if self._before_send is not None:
-                context = SendContext(
-                    job_id=job_id,
-                    batch_id=batch_id,
-                    expires_at=expires_at,
-                    timestamp_key=timestamp_key,
-                    timestamp_now=self._clock.now,
+                permit = self._before_send(
+                    SendContext(
+                        job_id=job_id,
+                        batch_id=batch_id,
+                        expires_at=expires_at,
+                        timestamp_key=timestamp_key,
+                        timestamp_now=self._clock.now,
+                    )
                 )
-                permit = self._before_send(context)
             failure: ApiError | None = None
             try:
                 return self._send_once(
-                    job, origin_url, expires_at, on_attempt, label, job_id, permit.timestamp
+                    job, origin_url, expires_at, context, report.attempts, permit.timestamp
                 )
             except ApiError as exc:
                 failure = exc
@@ -140,32 +173,23 @@ class ScaleEngineClient:
                 if permit.after is not None:
                     permit.after(failure)
 
-        def attempt() -> transport.ApiSuccess:
-            nonlocal resigned
-            try:
-                return send()
-            except TimestampRejected:
-                if resigned:
-                    raise
-                resigned = True
-                log.warning(
-                    "API refused the timestamp as out of range (code 0002): re-signing once; "
-                    "check this machine's clock (NTP), it may be skewed [%s]",
-                    label,
-                    extra={"event": "clock_skew", "job_id": job_id},
-                )
-                return send()
+        def on_retry(number: int, wait: float, error: ApiError) -> None:
+            for hook in self._hooks:
+                hook.on_retry(RetryScheduled(context, number, wait, error))
 
-        return self._policy.run(attempt, deadline=deadline)
+        try:
+            report.success = self._policy.run(attempt, deadline=deadline, on_retry=on_retry)
+        except (ApiError, JobExpired, JobCancelled, Throttled) as exc:
+            report.error = exc
+        return report
 
     def _send_once(
         self,
         job: CloseJob,
         origin_url: str | None,
         expires_at: float,
-        on_attempt: Callable[[Attempt], None],
-        label: str,
-        job_id: str | None = None,
+        context: AttemptContext,
+        attempts: list[Attempt],
         claimed: int | None = None,
     ) -> transport.ApiSuccess:
         # Claimed here, right before signing and sending, unless the hook just claimed it.
@@ -189,38 +213,26 @@ class ScaleEngineClient:
             origin_url=origin_url,
         )
         body = signed_body(fields, self._account.api_secret.get_secret_value())
+        number = len(attempts) + 1
+        for hook in self._hooks:
+            hook.on_attempt_start(AttemptStart(context, number, timestamp))
         started = time.monotonic()
         status: int | None = None
-        error: str | None = None
-        error_class: str | None = None
+        failure: ApiError | None = None
         try:
-            response = transport.send(self._sessions, self._url, body, timeout=self._timeout)
+            response = self._transport.send(self._url, body, timeout=self._timeout)
             status = response.status_code
             return transport.classify(response)
         except ApiError as exc:
-            error_class = type(exc).__name__
-            error = f"{error_class}: {exc.message}"
+            failure = exc
             raise
         finally:
-            duration = round(time.monotonic() - started, 4)
-            on_attempt(
-                Attempt(timestamp=timestamp, http_status=status, error=error, duration=duration)
+            attempt = Attempt(
+                timestamp=timestamp,
+                http_status=status,
+                error=None if failure is None else f"{type(failure).__name__}: {failure.message}",
+                duration=round(time.monotonic() - started, 4),
             )
-            metrics.observe_attempt(status, error_class, duration)
-            log.info(
-                "attempt [%s] timestamp=%d http_status=%s duration=%.3fs%s",
-                label,
-                timestamp,
-                status,
-                duration,
-                f" error={error}" if error else "",
-                extra={
-                    "event": "attempt",
-                    "job_id": job_id,
-                    "target": job.target.as_fields(),
-                    "timestamp": timestamp,
-                    "http_status": status,
-                    "duration": duration,
-                    "error": error,
-                },
-            )
+            attempts.append(attempt)
+            for hook in self._hooks:
+                hook.on_attempt_end(AttemptEnd(context, number, attempt, failure))

@@ -3,6 +3,9 @@
 ``classify`` turns one reply into success or an exception from ``worker.errors``; ``send``
 turns transport failures into the same tree. Nothing here reads or writes the request body
 beyond handing it to requests, and no message built here quotes it.
+
+The client sends through a ``Transport``: ``RequestsTransport`` over HTTP, or, in tests of the
+decision logic, ``MockTransport(handler)`` (as httpx's), whose handler answers in-process.
 """
 
 from __future__ import annotations
@@ -13,9 +16,10 @@ import threading
 import time
 import urllib.parse
 import urllib.request
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -44,6 +48,23 @@ _MAX_MESSAGE = 200
 class ApiSuccess:
     message: str
     handle_time: float | None
+
+
+class Reply(Protocol):
+    """What ``classify`` reads of a reply (a ``requests.Response`` is one)."""
+
+    @property
+    def status_code(self) -> int: ...
+    @property
+    def content(self) -> bytes: ...
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+
+
+class Transport(Protocol):
+    """Sends one signed body; transport failures raise the ApiErrors of ``send``."""
+
+    def send(self, url: str, body: str, *, timeout: tuple[float, float]) -> Reply: ...
 
 
 class SessionPool:
@@ -138,7 +159,58 @@ def send(
         raise ConnectionFailed(f"request failed: {type(exc).__name__}") from None
 
 
-def classify(response: requests.Response) -> ApiSuccess:
+class RequestsTransport:
+    """The real transport: ``send`` over a ``SessionPool``."""
+
+    def __init__(self, pool: SessionPool) -> None:
+        self.pool = pool
+
+    def send(self, url: str, body: str, *, timeout: tuple[float, float]) -> Reply:
+        return send(self.pool, url, body, timeout=timeout)
+
+
+@dataclass(frozen=True, slots=True)
+class MockRequest:
+    """A request as a ``MockTransport`` handler sees it: the signed body, never the secret."""
+
+    url: str
+    body: str
+    timeout: tuple[float, float]
+
+    def json(self) -> dict[str, Any]:
+        return dict(json.loads(self.body))
+
+
+@dataclass(frozen=True, slots=True)
+class MockReply:
+    status_code: int = 200
+    content: bytes = b""
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, payload: object, status_code: int = 200, **headers: str) -> MockReply:
+        """A reply whose body is ``payload`` as JSON."""
+        return cls(status_code, json.dumps(payload).encode(), headers)
+
+
+class MockTransport:
+    """A transport whose ``handler`` answers in-process, as httpx's ``MockTransport``.
+
+    The handler returns a reply, or raises an ApiError (``ConnectionFailed``...) as ``send``
+    would for a transport failure. Every request is kept in ``requests``.
+    """
+
+    def __init__(self, handler: Callable[[MockRequest], Reply]) -> None:
+        self.handler = handler
+        self.requests: list[MockRequest] = []
+
+    def send(self, url: str, body: str, *, timeout: tuple[float, float]) -> Reply:
+        request = MockRequest(url, body, timeout)
+        self.requests.append(request)
+        return self.handler(request)
+
+
+def classify(response: Reply) -> ApiSuccess:
     """Return the success, or raise the ApiError that names what the reply means."""
     status = response.status_code
     if status == 429:
@@ -180,7 +252,7 @@ def api_code(value: object) -> str | None:
     return text.zfill(4) if text.isdigit() else text or None
 
 
-def retry_after(response: requests.Response) -> float | None:
+def retry_after(response: Reply) -> float | None:
     """Retry-After in seconds, from either of its forms (delta-seconds or an HTTP date)."""
     value = response.headers.get("Retry-After")
     if not value:

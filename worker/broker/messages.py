@@ -9,7 +9,8 @@ worker runs a message's jobs one after another in one thread (``JobRunner.run_ch
 the number of calls in flight is still the number of worker threads.
 
 A job that must wait for a Celery retry goes back as a single ``CLOSE_TASK`` message with a
-countdown, its retry count carried along; jobs a message had no time left for go back as a
+countdown, its counts (``retries``, ``handbacks``: ``worker.api.retry.Counts``) in its kwargs
+as in any handed-back message; jobs a message had no time left for go back as a
 new batch message. Single closes (``streamctl close``, Flower, ``celery call``) stay one job
 per message.
 """
@@ -100,17 +101,13 @@ def parse_chunk(args: Sequence[Any], kwargs: Mapping[str, Any]) -> list[tuple[st
     return list(jobs.items())
 
 
-def send_retry(
-    app: Celery, job_id: str, kwargs: Mapping[str, Any], *, countdown: float, retries: int
-) -> None:
-    """Hand one job of a batch message back to the broker as a single close, to run later."""
+def send_retry(app: Celery, job_id: str, kwargs: Mapping[str, Any], *, countdown: float) -> None:
+    """Hand one job of a batch message back to the broker as a single close, to run later.
+
+    ``kwargs`` carry the job's counts, as the runner brought them up to date.
+    """
     app.send_task(
-        CLOSE_TASK,
-        kwargs=dict(kwargs),
-        task_id=job_id,
-        countdown=countdown,
-        retries=retries,
-        ignore_result=True,
+        CLOSE_TASK, kwargs=dict(kwargs), task_id=job_id, countdown=countdown, ignore_result=True
     )
 
 

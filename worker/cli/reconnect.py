@@ -24,8 +24,8 @@ from rich.table import Table
 
 from config.units import parse_rate
 from worker.cli.errors import friendly_errors
-from worker.dev.demo import STYLE
 from worker.errors import InvalidLines, StreamctlError
+from worker.model.results import OUTCOME_STYLE as STYLE
 from worker.model.results import Outcome
 
 if TYPE_CHECKING:

@@ -1,8 +1,9 @@
 """Running one close-stream job, start to final result. Plain functions; the task calls them.
 
-Every path through ``run_close_job`` ends in exactly one of: a published final result, a
-request to be retried later by Celery (``RetryLater``), or ``AlreadyFinal`` for a redelivered
-job that had already ended (it is neither sent nor published again).
+Every path through ``JobRunner.run`` ends in exactly one of: a published final result, a
+request to be retried later by Celery (``RetryLater``, carrying the next message's kwargs with
+the job's counts, see ``worker.api.retry``), or ``AlreadyFinal`` for a redelivered job that had
+already ended (it is neither sent nor published again). ``_run`` is the decision table.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from worker.api.client import ScaleEngineClient
-from worker.api.retry import RetryPolicy
+from worker.api.retry import Counts, GiveUp, RetryPolicy
 from worker.errors import (
     ApiError,
     InvalidTarget,
@@ -33,16 +34,16 @@ from worker.telemetry import metrics
 
 log = logging.getLogger("streamctl.jobs")
 
-#: Fields a producer adds beside the target; never sent to the API.
-META_FIELDS = ("expires_at", "enqueued_at", "batch_id")
-#: Below this many seconds before expiry another delivery is not worth scheduling.
-MIN_RETRY_WINDOW = 2.0
+#: Fields a producer adds beside the target, and the counts a hand-back adds; never sent.
+META_FIELDS = ("expires_at", "enqueued_at", "batch_id", *Counts.FIELDS)
 
 
 @dataclass(frozen=True, slots=True)
 class RetryLater:
     countdown: float
     reason: str
+    #: The kwargs of the job's next message: its own, with its counts brought up to date.
+    kwargs: dict[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +58,6 @@ class Delivery:
     job_id: str
     args: tuple[Any, ...]
     kwargs: Mapping[str, Any]
-    celery_retries: int = 0
 
 
 @dataclass(slots=True)
@@ -77,6 +77,7 @@ class JobMeta:
     expires_at: float | None
     enqueued_at: float | None
     batch_id: str | None
+    counts: Counts = field(default_factory=Counts)
 
 
 @dataclass(slots=True)
@@ -130,9 +131,8 @@ class JobRunner:
                 prior.result.get("outcome"),
             )
             return AlreadyFinal(prior.result)
-        attempts = list(prior.attempts)
         try:
-            return self._run(delivery, attempts)
+            return self._run(delivery, list(prior.attempts))
         except Exception as exc:  # a bug must still end the job with one final result
             log.exception("job %s: internal error", delivery.job_id)
             return self._finish(
@@ -141,7 +141,8 @@ class JobRunner:
                 _meta_or_empty(delivery.kwargs),
                 Outcome.ERROR,
                 message=f"internal error: {type(exc).__name__}",
-                attempts=attempts,
+                # The failed attempts of every delivery, this one's too: recorded by the hook.
+                attempts=self.state.attempts(delivery.job_id),
             )
 
     def end_lost(self, job_id: str, kwargs: Mapping[str, Any], message: str) -> JobResult:
@@ -158,14 +159,6 @@ class JobRunner:
         meta = _meta_or_empty(kwargs)
         attempts = self.state.attempts(job_id)
         return self._finish(delivery, job, meta, Outcome.EXPIRED, message, attempts=attempts)
-
-    def _note_attempt(self, job_id: str, attempts: list[Attempt], attempt: Attempt) -> None:
-        attempts.append(attempt)
-        if attempt.error is not None:
-            # Another attempt may follow, perhaps in another delivery: keep this one in Redis
-            # so the final result lists it. A successful attempt is the last; it goes into
-            # the final result directly, which saves a round trip per job.
-            self.state.record_attempt(job_id, attempt)
 
     def _run(self, delivery: Delivery, attempts: list[Attempt]) -> JobResult | RetryLater:
         try:
@@ -198,67 +191,57 @@ class JobRunner:
                 attempts=attempts,
             )
 
-        label = f"job={delivery.job_id} target={job.target}"
-        try:
-            success = self.client.close_stream(
-                job,
-                origin_url=job.origin_url or self.default_origin_url,
-                expires_at=expires_at,
-                deadline=min(self.policy.deadline, expires_at - now),
-                on_attempt=lambda attempt: self._note_attempt(delivery.job_id, attempts, attempt),
-                label=label,
-                job_id=delivery.job_id,
-                batch_id=meta.batch_id,
-            )
-        except JobExpired as exc:
-            return self._finish(delivery, job, meta, Outcome.EXPIRED, str(exc), attempts=attempts)
-        except JobCancelled as exc:
-            return self._finish(delivery, job, meta, Outcome.CANCELLED, str(exc), attempts=attempts)
-        except Throttled as exc:
-            left = expires_at - time.time()
-            if left <= MIN_RETRY_WINDOW:
-                return self._finish(
-                    delivery, job, meta, Outcome.EXPIRED, str(exc), attempts=attempts
-                )
-            # A hand-back for the rate limit is not a failure: it uses none of the retry budget.
-            self.state.add_deferral(delivery.job_id)
-            return RetryLater(countdown=min(exc.wait, left - 1), reason=str(exc))
-        except PermanentError as exc:
-            return self._finish(
-                delivery, job, meta, Outcome.FAILURE, exc.message, exc, attempts=attempts
-            )
-        except TransientError as exc:
-            left = expires_at - time.time()
-            retries = delivery.celery_retries
-            if retries:
-                retries -= self.state.deferrals(delivery.job_id)
-            if retries < self.policy.celery_max_retries and left > MIN_RETRY_WINDOW:
-                countdown = min(self.policy.countdown(retries, exc), left - 1)
-                return RetryLater(countdown=countdown, reason=exc.message)
-            if retries < self.policy.celery_max_retries:
-                # Retries remain but the expiry leaves no room for one: the job ran out of time.
-                message = f"the job expired before it could be retried (last: {exc.message})"
-                return self._finish(
-                    delivery, job, meta, Outcome.EXPIRED, message, exc, attempts=attempts
-                )
+        # The decision table: how this delivery's sending ended, and what follows it.
+        report = self.client.close_stream(
+            job,
+            origin_url=job.origin_url or self.default_origin_url,
+            expires_at=expires_at,
+            deadline=min(self.policy.deadline, expires_at - now),
+            label=f"job={delivery.job_id} target={job.target}",
+            job_id=delivery.job_id,
+            batch_id=meta.batch_id,
+        )
+        attempts.extend(report.attempts)
+        error = report.error
+        if error is None:
+            assert report.success is not None
             return self._finish(
                 delivery,
                 job,
                 meta,
-                Outcome.ERROR,
-                f"retries exhausted: {exc.message}",
-                exc,
+                Outcome.SUCCESS,
+                report.success.message,
+                handle_time=report.success.handle_time,
                 attempts=attempts,
             )
-        return self._finish(
-            delivery,
-            job,
-            meta,
-            Outcome.SUCCESS,
-            success.message,
-            handle_time=success.handle_time,
-            attempts=attempts,
+        if isinstance(error, JobExpired):
+            return self._finish(delivery, job, meta, Outcome.EXPIRED, str(error), attempts=attempts)
+        if isinstance(error, JobCancelled):
+            return self._finish(
+                delivery, job, meta, Outcome.CANCELLED, str(error), attempts=attempts
+            )
+        if isinstance(error, PermanentError):
+            return self._finish(
+                delivery, job, meta, Outcome.FAILURE, error.message, error, attempts=attempts
+            )
+        assert isinstance(error, TransientError | Throttled), error
+        step = self.policy.after_delivery(error, meta.counts, left=expires_at - time.time())
+        if isinstance(step, GiveUp):
+            api_error = error if isinstance(error, ApiError) else None
+            return self._finish(
+                delivery, job, meta, step.outcome, step.message, api_error, attempts=attempts
+            )
+        log.info(
+            "job %s handed back to the broker for %.1f s (%s): retries %d, hand-backs %d",
+            delivery.job_id,
+            step.countdown,
+            step.reason,
+            step.counts.retries,
+            step.counts.handbacks,
+            extra={"event": "handback", "job_id": delivery.job_id, **step.counts.as_fields()},
         )
+        kwargs = {**delivery.kwargs, **step.counts.as_fields()}
+        return RetryLater(countdown=step.countdown, reason=step.reason, kwargs=kwargs)
 
     def _finish(
         self,
@@ -330,7 +313,10 @@ def parse_meta(kwargs: Mapping[str, Any]) -> JobMeta:
     if batch_id is not None and (not isinstance(batch_id, str) or not 0 < len(batch_id) <= 64):
         raise InvalidTarget("batch_id must be a string of 1 to 64 characters")
     return JobMeta(
-        expires_at=moment("expires_at"), enqueued_at=moment("enqueued_at"), batch_id=batch_id
+        expires_at=moment("expires_at"),
+        enqueued_at=moment("enqueued_at"),
+        batch_id=batch_id,
+        counts=Counts.from_fields(kwargs),
     )
 
 

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import threading
+import time
+from collections.abc import Callable
 
 from config.settings import Settings, get_settings
 from worker.api.client import Account, ScaleEngineClient
 from worker.api.clock import TimestampClock
+from worker.api.hooks import DEFAULT_HOOKS
 from worker.api.retry import RetryPolicy
-from worker.api.transport import SessionPool
+from worker.api.transport import RequestsTransport, SessionPool, Transport
 from worker.consume.runner import JobRunner
 from worker.model.keys import account_scope
+from worker.store.jobs import RecordFailedAttempts
 from worker.store.limiter import ClusterLimiter, LimitConfig
 from worker.store.redis import job_state, redis_client
 
@@ -18,24 +22,34 @@ _lock = threading.Lock()
 _runner: JobRunner | None = None
 
 
-def build_runner(settings: Settings) -> JobRunner:
+def build_runner(
+    settings: Settings,
+    *,
+    transport: Transport | None = None,
+    clock_sleep: Callable[[float], None] = time.sleep,
+) -> JobRunner:
+    """The job runner. Tests of its decisions give a ``MockTransport`` instead of HTTP, and a
+    ``clock_sleep`` that does not wait for a timestamp claimed ahead (the same target's next
+    second), so that a retry takes milliseconds."""
     cdn, api_key, api_secret = settings.require_credentials()
     assert settings.api_key is not None and settings.api_secret is not None
     client = redis_client(settings)
     policy = RetryPolicy.from_settings(settings)
+    state = job_state(settings, client)
     api = ScaleEngineClient(
         api_url=settings.api_url,
         account=Account(cdn=cdn, api_key=settings.api_key, api_secret=settings.api_secret),
-        clock=TimestampClock(client, account_scope(cdn, api_key)),
-        sessions=SessionPool(ca_bundle=settings.ca_bundle),
+        clock=TimestampClock(client, account_scope(cdn, api_key), sleep=clock_sleep),
+        transport=transport or RequestsTransport(SessionPool(ca_bundle=settings.ca_bundle)),
         policy=policy,
         timeout=(settings.connect_timeout, settings.read_timeout),
         before_send=ClusterLimiter(client, LimitConfig.from_settings(settings)),
+        hooks=(*DEFAULT_HOOKS, RecordFailedAttempts(state)),
     )
     del api_secret  # kept only inside the SecretStr
     return JobRunner(
         client=api,
-        state=job_state(settings, client),
+        state=state,
         policy=policy,
         job_expiry=settings.job_expiry,
         default_origin_url=settings.origin_url,

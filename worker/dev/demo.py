@@ -23,6 +23,7 @@ from rich.table import Table
 
 from config.urls import mask_url
 from worker.dev.embedded_redis import EmbeddedRedis
+from worker.model.results import OUTCOME_STYLE as STYLE
 
 DEMO_CDN = 1
 #: Fast retries so the demo shows them within seconds; the invariants of Settings still hold.
@@ -44,14 +45,6 @@ DEMO_ACCOUNT_VARIABLES = (
     "SCALEENGINE_API_KEY",
     "SCALEENGINE_API_SECRET",
 )
-STYLE = {
-    "success": "green",
-    "failure": "red",
-    "error": "magenta",
-    "expired": "yellow",
-    "rejected": "red",
-    "cancelled": "cyan",
-}
 
 
 def _targets(count: int) -> list[dict[str, Any]]:

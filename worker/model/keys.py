@@ -10,7 +10,6 @@ Jobs (``worker.store.jobs``)::
     streamctl:job:<job>:result      string  the one final result (JSON), SET NX
     streamctl:job:<job>:attempts    list    its attempts across deliveries (JSON each)
     streamctl:job:<job>:seen        string  deliveries counted (redeliveries)
-    streamctl:job:<job>:deferrals   string  times the job was handed back to the broker
     streamctl:pending               zset    jobs enqueued and not ended -> their expires_at
     streamctl:pending:data          hash    job id -> its task keyword arguments (JSON)
 
@@ -67,7 +66,7 @@ SCHEDULE_RUNS = f"{ROOT}:schedule:runs"
 
 
 def job_key(job_id: str, part: str) -> str:
-    """One of a job's keys: ``part`` is enqueued, result, attempts, seen or deferrals."""
+    """One of a job's keys: ``part`` is enqueued, result, attempts or seen."""
     return f"{_JOB}:{job_id}:{part}"
 
 

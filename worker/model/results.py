@@ -33,6 +33,17 @@ class Outcome(StrEnum):
     """The job's batch was cancelled (``streamctl batch ID --cancel``) before it was sent."""
 
 
+#: The colour each outcome is shown in on a terminal (rich markup), by the CLI and the demo.
+OUTCOME_STYLE = {
+    "success": "green",
+    "failure": "red",
+    "error": "magenta",
+    "expired": "yellow",
+    "rejected": "red",
+    "cancelled": "cyan",
+}
+
+
 @dataclass(frozen=True, slots=True)
 class Attempt:
     """One HTTP request: its signed ``timestamp``, the HTTP status (None when no reply came),

@@ -2,9 +2,10 @@
 
 Two guards, as celery-redbeat does it and one more:
 
-* a leader lock in Redis (``SET`` with a TTL, renewed on every tick by its holder only): only
-  the scheduler holding it looks at the schedule; another one stands by and takes over within
-  ``LOCK_TTL`` seconds when the holder dies;
+* a leader lock in Redis (redis-py's ``Lock``: ``SET NX`` with a TTL, renewed on every tick by
+  its holder only, released by its holder only): only the scheduler holding it looks at the
+  schedule; another one stands by and takes over within ``LOCK_TTL`` seconds when the holder
+  dies;
 * a key per run (``SET NX`` on entry and slot): a run is sent only by the scheduler that
   creates the key, so even two schedulers that both believe they hold the lock (a process
   frozen past its TTL, then woken) cannot send a run twice.
@@ -28,6 +29,8 @@ from typing import Any
 
 import redis
 from celery.beat import Scheduler
+from redis.exceptions import LockError
+from redis.lock import Lock
 
 from config.settings import get_settings
 from worker.model import keys
@@ -50,40 +53,30 @@ _PAST_BOUNDARY = 0.01
 
 logger = logging.getLogger("streamctl.beat")
 
-_HOLD = """
-local holder = redis.call('GET', KEYS[1])
-if holder == false or holder == ARGV[1] then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', tonumber(ARGV[2]))
-  return 1
-end
-return 0
-"""
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0
-"""
-
 
 class LeaderLock:
-    """A Redis lock with a TTL, taken or renewed atomically by ``hold`` and only by its holder."""
+    """The beat's leader lock: redis-py's ``Lock`` with a TTL, renewed by its holder only.
+
+    Its token names the holder (host, pid), readable in Redis when two schedulers are suspected.
+    """
 
     def __init__(self, client: redis.Redis, key: str = LOCK_KEY, ttl: float = LOCK_TTL) -> None:
         self.client = client
         self.key = key
-        self.ttl_ms = int(ttl * 1000)
-        #: Who holds it, readable in Redis when two schedulers are suspected.
         self.token = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
-        self._hold = client.register_script(_HOLD)
-        self._release = client.register_script(_RELEASE)
+        # The token lives on the object, not per thread: whichever thread ticks holds it.
+        self._lock = Lock(client, key, timeout=ttl, blocking=False, thread_local=False)
 
     def hold(self) -> bool:
         """Take the lock or extend it; False while another scheduler holds it."""
-        return bool(self._hold(keys=[self.key], args=[self.token, self.ttl_ms]))
+        try:
+            return self._lock.reacquire()  # the holder's renewal: its token, a fresh TTL
+        except LockError:  # not taken yet, or lost (expired, taken by another): take it anew
+            return bool(self._lock.acquire(token=self.token))
 
     def release(self) -> None:
-        self._release(keys=[self.key], args=[self.token])
+        with contextlib.suppress(LockError):  # not held (any more): nothing to release
+            self._lock.release()
 
 
 class LockedScheduler(Scheduler):  # type: ignore[misc]  # Celery ships no type hints

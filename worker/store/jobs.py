@@ -27,6 +27,7 @@ from typing import Any
 
 import redis
 
+from worker.api.hooks import AttemptEnd, AttemptHook
 from worker.errors import IdempotencyConflict
 from worker.model import keys
 from worker.model.keys import batch_key, job_key
@@ -234,17 +235,6 @@ class JobState:
             for result, attempts in zip(replies[0::2], replies[1::2], strict=True)
         ]
 
-    def add_deferral(self, job_id: str) -> None:
-        """Count a hand-back to the broker for the rate limit: it uses no retry budget."""
-        key = job_key(job_id, "deferrals")
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.incr(key)
-        pipe.expire(key, self._ttl)
-        pipe.execute()
-
-    def deferrals(self, job_id: str) -> int:
-        return int(self.redis.get(job_key(job_id, "deferrals")) or 0)
-
     def final_results(self, job_ids: list[str]) -> dict[str, dict[str, Any] | None]:
         """Many jobs' final results in one round trip (None: no result yet)."""
         raw = self.redis.mget([job_key(job_id, "result") for job_id in job_ids]) if job_ids else []
@@ -282,3 +272,16 @@ class JobState:
             ],
         )
         return bool(published)
+
+
+class RecordFailedAttempts(AttemptHook):
+    """Keeps each failed attempt in Redis as it ends: another attempt may follow, perhaps in
+    another delivery, and the final result lists them all. A successful attempt is the last;
+    it goes into the final result directly, which saves a round trip per job."""
+
+    def __init__(self, state: JobState) -> None:
+        self.state = state
+
+    def on_attempt_end(self, end: AttemptEnd) -> None:
+        if end.attempt.error is not None and end.context.job_id is not None:
+            self.state.record_attempt(end.context.job_id, end.attempt)
