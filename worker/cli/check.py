@@ -30,12 +30,14 @@ import click
 
 from config.settings import Settings, load_settings
 from config.urls import mask_url
-from worker.errors import ConfigError
+from worker.errors import ApiError, ConfigError, TlsFailed
 
 CLOCK_WARN_SECONDS = 5.0
 CLOCK_FAIL_SECONDS = 60.0
 #: A check must not hang the command: Redis and DNS answer in milliseconds when healthy.
 REDIS_TIMEOUT = 3.0
+#: The API probe's command: not one the API knows, and never ``stream.close``.
+PROBE_COMMAND = "streamctl.check"
 
 Status = Literal["ok", "warn", "fail", "skip"]
 
@@ -69,14 +71,21 @@ def run_checks() -> Iterator[Check]:
         yield Check("configuration", "ok", f"cdn {cdn}, API {mask_url(settings.api_url)}")
     except ConfigError as exc:
         yield Check("configuration", "fail", str(exc))
-    yield _check_redis("redis", settings.redis_url, settings.redis_ssl)
+    redis_check = _check_redis("redis", settings.redis_url, settings.redis_ssl)
+    yield redis_check
+    broker_check = redis_check
     if settings.celery_broker_url and settings.celery_broker_url != settings.redis_url:
         if urlsplit(settings.broker_url).scheme.lower() in ("amqp", "amqps"):
-            yield _check_amqp(settings.broker_url, settings.broker_ssl)
+            broker_check = _check_amqp(settings.broker_url, settings.broker_ssl)
         else:
-            yield _check_redis("broker", settings.broker_url, settings.broker_ssl)
+            broker_check = _check_redis("broker", settings.broker_url, settings.broker_ssl)
+        yield broker_check
     yield from _check_redis_policies(settings)
     yield from _check_api(settings)
+    # Imported here: it reads this module's Check, and it imports the Celery app.
+    from worker.cli.check_cluster import check_cluster
+
+    yield from check_cluster(settings, broker_answers=broker_check.status == "ok")
 
 
 def _check_redis(name: str, url: str, ssl_options: dict[str, Any] | None) -> Check:
@@ -140,9 +149,7 @@ def _check_redis_policies(settings: Settings) -> Iterator[Check]:
 
 
 def _check_api(settings: Settings) -> Iterator[Check]:
-    import requests
-
-    from worker.api.transport import SessionPool
+    from worker.api.transport import SessionPool, send
 
     parts = urlsplit(settings.api_url)
     host = parts.hostname or ""
@@ -154,23 +161,21 @@ def _check_api(settings: Settings) -> Iterator[Check]:
         return
     yield Check("dns", "ok", f"{host} -> {', '.join(str(a) for a in addresses[:4])}")
 
-    # The worker's own session set-up: the same CA bundle, verification always on.
+    # The worker's own session set-up and form encoding: the same CA bundle, verification
+    # always on (``transport.send`` passes ``verify`` so REQUESTS_CA_BUNDLE cannot override it).
     pool = SessionPool(ca_bundle=settings.ca_bundle)
     before = time.time()
     try:
-        # A GET is answered (405 or an error page) with a Date header and sends no job.
-        # ``verify`` is passed as ``transport.send`` passes it: requests would otherwise let
-        # REQUESTS_CA_BUNDLE override the session's bundle.
-        response = pool.session().get(
+        response = send(
+            pool,
             settings.api_url,
+            probe_body(settings),
             timeout=(settings.connect_timeout, settings.read_timeout),
-            allow_redirects=False,
-            verify=pool.verify,
         )
-    except requests.exceptions.SSLError as exc:
-        yield Check("tls", "fail", f"certificate of {host} does not verify: {str(exc)[:200]}")
+    except TlsFailed as exc:
+        yield Check("tls", "fail", f"certificate of {host} does not verify: {exc.message[:200]}")
         return
-    except requests.exceptions.RequestException as exc:
+    except ApiError as exc:
         yield Check("api", "fail", f"{host}:{port} unreachable: {type(exc).__name__}")
         return
     after = time.time()
@@ -179,7 +184,44 @@ def _check_api(settings: Settings) -> Iterator[Check]:
         yield Check("tls", "ok", f"certificate of {host} verified against {bundle}")
     else:
         yield Check("tls", "skip", "not used: plain http on loopback (a local sandbox)")
+    yield judge_probe(response.status_code, response.headers.get("Content-Type", ""), response.text)
     yield _check_clock(response.headers.get("Date"), before, after)
+
+
+def probe_body(settings: Settings) -> str:
+    """The API probe: a request no API can take for a close, and that nothing can replay as one.
+
+    Its command is not ``stream.close`` (``streamctl.check`` is no API command), it carries no
+    ``api_key`` and no ``signature`` (so no secret is used and nothing is signed). The API can
+    only refuse it; the way it refuses (HTTP 200, ``"status": "failure"``) is what tells a
+    ScaleEngine API from a wrong path or host (405, 404, an HTML page).
+    """
+    import json
+
+    probe = {"command": PROBE_COMMAND, "cdn": settings.cdn, "timestamp": int(time.time())}
+    return json.dumps(probe)
+
+
+def judge_probe(http_status: int, content_type: str, text: str) -> Check:
+    """``api`` ok when the probe got a ScaleEngine refusal; fail on anything else."""
+    import json
+
+    hint = "check SCALEENGINE_API_URL (e.g. https://api.scaleengine.net/stable/)"
+    try:
+        reply = json.loads(text) if http_status == 200 else None
+    except ValueError:
+        reply = None
+    if isinstance(reply, dict) and reply.get("status") == "failure":
+        code = reply.get("code")
+        said = f" (code {code})" if isinstance(code, str) else ""
+        return Check("api", "ok", f"answers like the ScaleEngine API: refused the probe{said}")
+    if isinstance(reply, dict) and reply.get("status") == "success":
+        # An API that accepts an unsigned, unknown command is not the one the worker expects.
+        return Check("api", "fail", f"accepted an unsigned probe: not a ScaleEngine API; {hint}")
+    kind = content_type.split(";", 1)[0].strip() or "no content type"
+    return Check(
+        "api", "fail", f"HTTP {http_status} ({kind}) to a POST: not a ScaleEngine API; {hint}"
+    )
 
 
 def _check_clock(date_header: str | None, before: float, after: float) -> Check:
@@ -205,7 +247,8 @@ def _check_clock(date_header: str | None, before: float, after: float) -> Check:
 
 @click.command()
 def check() -> None:
-    """Check the configuration, Redis, the API's DNS and TLS, and the clock; exit 1 on a problem."""
+    """Check the configuration, Redis, the API, the clock, the workers, the queues and the
+    latest closes' refusals; exit 1 on a problem."""
     failed = False
     for result in run_checks():
         failed = failed or result.status == "fail"
