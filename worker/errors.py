@@ -37,6 +37,7 @@ settings raise them and ``config/`` imports nothing from ``worker/``; they are r
     │       └── HttpRefused
     ├── JobExpired
     ├── JobCancelled
+    ├── JobNotSucceeded             a task's job(s) ended, published, other than ``success``
     └── Throttled
 
 Usage errors of the command line stay ``click.UsageError`` subclasses (``worker.cli``).
@@ -44,7 +45,7 @@ Usage errors of the command line stay ``click.UsageError`` subclasses (``worker.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 # The root and ConfigError are defined beside the settings, which raise it (config/ imports
 # nothing from worker/); they are the same classes here.
@@ -202,6 +203,26 @@ class JobExpired(StreamctlError):
 
 class JobCancelled(StreamctlError):
     """The job's batch was cancelled before this job was sent (outcome ``cancelled``)."""
+
+
+class JobNotSucceeded(StreamctlError):
+    """A close task's job, or some jobs of a batch message, ended other than ``success``.
+
+    Raised by the tasks (``tasks.close``) after every final result was published, only so that
+    Celery marks the task FAILURE and sends ``task-failed`` (Flower shows the job as failed).
+    The tasks declare it in ``throws``: Celery logs it in one line, without a traceback, and
+    acknowledges the message like any other failure of an ``acks_late`` task; nothing retries
+    it. ``outcomes`` counts the task's ended jobs per outcome.
+    """
+
+    def __init__(self, outcomes: Mapping[str, int], detail: str = "") -> None:
+        self.outcomes = dict(outcomes)
+        self.detail = detail
+        counted = ", ".join(f"{name} {count}" for name, count in sorted(self.outcomes.items()))
+        super().__init__(detail or counted)
+
+    def __reduce__(self) -> tuple[type[JobNotSucceeded], tuple[dict[str, int], str]]:
+        return type(self), (self.outcomes, self.detail)
 
 
 class Throttled(StreamctlError):

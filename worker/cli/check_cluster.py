@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from config.settings import Settings
 from config.urls import mask_url
 from worker.cli.check import REDIS_TIMEOUT, Check
+from worker.model.results import CONFIG_REFUSALS
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -23,12 +24,6 @@ if TYPE_CHECKING:
 WORKER_REPLY_TIMEOUT = 1.5
 #: Results read back from the results log for the refusal check.
 RECENT_RESULTS = 100
-#: Refusal codes that a retry can never cure and that name a setting of this deployment.
-CONFIG_REFUSALS = {
-    "0001": ("CDN authorization failed", "check SCALEENGINE_CDN and SCALEENGINE_API_KEY"),
-    "0003": ("failed HMAC signature", "check SCALEENGINE_API_SECRET"),
-    "0005": ("unauthorized", "check the API key's permissions (SCALEENGINE_API_KEY)"),
-}
 
 
 def queue_names(app: Celery) -> list[str]:

@@ -27,7 +27,14 @@ from worker.errors import (
     Throttled,
     TransientError,
 )
-from worker.model.results import Attempt, JobResult, Outcome, isoformat, target_dict
+from worker.model.results import (
+    CONFIG_REFUSALS,
+    Attempt,
+    JobResult,
+    Outcome,
+    isoformat,
+    target_dict,
+)
 from worker.model.targets import JOB_FIELDS, CloseJob
 from worker.store.jobs import JobState, PriorState
 from worker.telemetry import metrics
@@ -66,6 +73,8 @@ class ChunkRun:
 
     #: Jobs that ended here or had ended before (each has its one final result).
     ended: int = 0
+    #: Those jobs counted per outcome (the task reports the message failed unless all succeeded).
+    outcomes: dict[str, int] = field(default_factory=dict)
     #: Jobs to go back to the broker, each as a single-job message with a countdown.
     retry_later: list[tuple[Delivery, RetryLater]] = field(default_factory=list)
     #: Jobs not started because the chunk ran out of time: they go back as a new chunk.
@@ -111,8 +120,10 @@ class JobRunner:
             outcome = self._run_from(delivery, prior)
             if isinstance(outcome, RetryLater):
                 run.retry_later.append((delivery, outcome))
-            else:
-                run.ended += 1
+                continue
+            run.ended += 1
+            name = final_outcome(outcome)
+            run.outcomes[name] = run.outcomes.get(name, 0) + 1
         return run
 
     def reject(self, job_id: str, message: str) -> JobResult:
@@ -277,7 +288,8 @@ class JobRunner:
             )
         else:
             metrics.observe_outcome(str(outcome))
-            log.info(
+            log.log(
+                outcome_level(outcome, result.api_code),
                 "outcome [job=%s] %s: %s",
                 delivery.job_id,
                 outcome,
@@ -292,6 +304,23 @@ class JobRunner:
                 },
             )
         return result
+
+
+def final_outcome(ended: JobResult | AlreadyFinal) -> str:
+    """The outcome of a job that ended now or before (a redelivery of a finished job)."""
+    if isinstance(ended, AlreadyFinal):
+        return str(ended.result.get("outcome"))
+    return str(ended.outcome)
+
+
+def outcome_level(outcome: Outcome, api_code: str | None) -> int:
+    """The log level of a job's outcome line: a refusal naming the configuration is an ERROR
+    (every close will fail alike until it is fixed), any other end but success a WARNING."""
+    if outcome is Outcome.SUCCESS or outcome is Outcome.CANCELLED:
+        return logging.INFO  # cancelled: what the operator asked for
+    if api_code in CONFIG_REFUSALS:
+        return logging.ERROR
+    return logging.WARNING
 
 
 def parse_meta(kwargs: Mapping[str, Any]) -> JobMeta:
@@ -339,4 +368,5 @@ __all__ = [
     "Delivery",
     "JobRunner",
     "RetryLater",
+    "final_outcome",
 ]

@@ -33,6 +33,16 @@ class Outcome(StrEnum):
     """The job's batch was cancelled (``streamctl batch ID --cancel``) before it was sent."""
 
 
+#: API refusal codes that point at this deployment's configuration rather than at the job: every
+#: close is refused the same way until a setting is fixed. Each: (what it means, what to check).
+#: The worker logs these refusals at ERROR; ``streamctl check`` reports them from the results log.
+CONFIG_REFUSALS = {
+    "0001": ("CDN authorization failed", "check SCALEENGINE_CDN and SCALEENGINE_API_KEY"),
+    "0003": ("failed HMAC signature", "check SCALEENGINE_API_SECRET"),
+    "0005": ("unauthorized", "check the API key's permissions (SCALEENGINE_API_KEY)"),
+}
+
+
 #: The colour each outcome is shown in on a terminal (rich markup), by the CLI and the demo.
 OUTCOME_STYLE = {
     "success": "green",
