@@ -139,11 +139,16 @@ class BatchSummary:
     started_at: str | None
     finished_at: str | None
     type: str = "batch"
+    #: Only in the summary of a scheduled run that enqueued nothing (``total`` 0): why.
+    error: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["counts"] = {str(o): int(self.counts.get(str(o), 0)) for o in Outcome}
-        return {key: data[key] for key in BATCH_SUMMARY_FIELDS}
+        summary = {key: data[key] for key in BATCH_SUMMARY_FIELDS}
+        if self.error is not None:
+            summary["error"] = self.error
+        return summary
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), ensure_ascii=False, separators=(",", ":"))

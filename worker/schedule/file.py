@@ -155,7 +155,12 @@ class ScheduleEntry(BaseModel):
 
     def batch_id(self, slot: int) -> str:
         """The batch id of the run at ``slot``: the same in every scheduler and worker."""
-        return f"{self.name}.{slot}"
+        return run_batch_id(self.name, slot)
+
+
+def run_batch_id(name: str, slot: int) -> str:
+    """The batch id of entry ``name``'s run at ``slot``."""
+    return f"{name}.{slot}"
 
 
 def _crontab(expression: str) -> crontab:
@@ -195,8 +200,10 @@ class Schedule:
 def load_schedule(path: Path, *, only: str | None = None) -> Schedule:
     """Read and validate the schedule (or only the entry ``only``), raising ScheduleError.
 
-    The error lists every bad entry by name, one line each.
+    The error lists every bad entry by name, one line each. Paths are made absolute here, so
+    that a targets file read later (beat reads it at each run) is the one checked at start.
     """
+    path = path.absolute()
     try:
         document = tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:

@@ -33,10 +33,11 @@ from redis.exceptions import LockError
 from redis.lock import Lock
 
 from config.settings import get_settings
+from worker.errors import StreamctlError
 from worker.model import keys
 from worker.produce.producer import PUBLISH_RETRY_POLICY
 from worker.schedule.file import Schedule, ScheduleEntry, load_schedule
-from worker.schedule.run import SCHEDULE_TASK
+from worker.schedule.run import SCHEDULE_TASK, publish_failed_run, run_kwargs
 from worker.store.redis import redis_client
 
 LOCK_KEY = keys.BEAT_LOCK
@@ -159,9 +160,24 @@ class LockedScheduler(Scheduler):  # type: ignore[misc]  # Celery ships no type 
             )
             return False
         try:
+            # Read now, sent in the message: the worker needs neither the schedule file nor the
+            # targets file, so beat and workers may run in different folders or machines.
+            jobs = entry.source.jobs()
+        except StreamctlError as exc:  # the targets file turned unreadable or invalid
+            logger.error(
+                "beat: run %s not sent: schedule entry %s: %s",
+                batch_id,
+                entry.name,
+                exc,
+                extra={"event": "schedule_run_failed", "batch_id": batch_id},
+            )
+            publish_failed_run(get_settings(), batch_id, f"schedule entry {entry.name}: {exc}")
+            return True  # this slot is over; the next one reads the file again
+        try:
             self.app.send_task(
                 SCHEDULE_TASK,
                 args=[entry.name, slot],
+                kwargs=run_kwargs(jobs, entry.rate, entry.expires),
                 task_id=f"schedule-{batch_id}",
                 retry=True,
                 retry_policy=PUBLISH_RETRY_POLICY,
@@ -172,7 +188,10 @@ class LockedScheduler(Scheduler):  # type: ignore[misc]  # Celery ships no type 
                 self._redis.delete(key)  # so that the next tick may send it
             return False
         logger.info(
-            "beat: sent run %s", batch_id, extra={"event": "schedule_sent", "batch_id": batch_id}
+            "beat: sent run %s, %d target(s)",
+            batch_id,
+            len(jobs),
+            extra={"event": "schedule_sent", "batch_id": batch_id},
         )
         self._record(entry, slot, batch_id)
         return True

@@ -116,6 +116,26 @@ class BatchState:
         pipe.expire(batch_jobs_key(batch_id), self._ttl)
         pipe.execute()
 
+    def fail(self, batch_id: str, error: str, *, channel: str, log: str, log_maxlen: int) -> bool:
+        """End, before it started, a batch that enqueued nothing (a scheduled run that failed):
+        record it with ``total`` 0 and publish its summary, ``error`` saying why, on the results
+        channel and its log. False, and nothing published, if the batch exists already: a run
+        delivered twice is reported once."""
+        check_batch_id(batch_id)
+        key = batch_key(batch_id)
+        if not self.redis.hsetnx(key, "total", 0):
+            return False
+        now = isoformat(datetime.now(UTC))
+        summary = BatchSummary(batch_id, 0, {}, now, now, error=error).to_json()
+        fields = {"done": 0, "started_at": now, "finished_at": now, "summary": summary}
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hset(key, mapping=fields)  # type: ignore[arg-type]
+        pipe.expire(key, self._ttl)
+        pipe.publish(channel, summary)
+        pipe.xadd(log, {"result": summary}, maxlen=log_maxlen, approximate=True)
+        pipe.execute()
+        return True
+
     def shrink(self, batch_id: str, total: int) -> None:
         """Lower ``total`` after an enqueue that stopped part way (the rest was never sent)."""
         self.redis.hset(batch_key(batch_id), "total", total)
