@@ -42,6 +42,11 @@ def statuses(output: str) -> dict[str, str]:
     return found
 
 
+def failed_checks(output: str) -> set[str]:
+    """The names of the checks that failed."""
+    return {name for name, status in statuses(output).items() if status == "fail"}
+
+
 def test_check_passes_against_the_sandbox(worker: Any) -> None:
     done = streamctl_check(STREAMCTL_RESULTS_CHANNEL="check-fresh:results")
     assert done.returncode == 0, done.stdout + done.stderr
