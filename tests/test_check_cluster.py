@@ -49,7 +49,8 @@ def test_check_passes_with_a_worker(worker: WorkerProcess) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     found = statuses(done.stdout)
     assert found["workers"] == "ok" and "1 answered (1 on streamctl)" in done.stdout
-    assert found["api"] == "ok" and "refused the probe (code 0003)" in done.stdout
+    assert found["api"] == "ok", done.stdout
+    assert "a ScaleEngine API: it refused the probe (code 0003)" in done.stdout
     assert done.stdout.rstrip().endswith("all checks passed")
 
 

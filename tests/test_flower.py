@@ -194,6 +194,19 @@ def test_enqueue_through_flower_api_and_nothing_secret_is_served(
             assert not sandbox.signature_seen(unescaped), f"a signature in Flower's {where}"
 
 
+def test_flower_shows_a_refused_close_as_failed(
+    flower: Flower, producer: Any, sandbox: Any
+) -> None:
+    target = unique_stream("flower-refused")
+    sandbox.inject(target, "refuse", code="0005")
+    job_id = producer.close(**target)
+    assert wait_for_result(producer, job_id)["outcome"] == "failure"
+    shown = task_in_flower(flower, job_id, state="FAILURE")
+    assert "JobNotSucceeded" in str(shown.get("exception")), shown
+    assert "failure (code 0005)" in str(shown.get("exception")), shown
+    assert TEST_SECRET not in json.dumps(shown)
+
+
 def test_enqueue_with_celery_call(flower: Flower, producer: Any) -> None:
     target = unique_stream("celery-call")
     kwargs = json.dumps(target)

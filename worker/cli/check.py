@@ -18,8 +18,10 @@ its window (code 0002). The window is not documented, so the limits are conserva
 from __future__ import annotations
 
 import email.utils
+import shutil
 import socket
 import sys
+import textwrap
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -214,7 +216,7 @@ def judge_probe(http_status: int, content_type: str, text: str) -> Check:
     if isinstance(reply, dict) and reply.get("status") == "failure":
         code = reply.get("code")
         said = f" (code {code})" if isinstance(code, str) else ""
-        return Check("api", "ok", f"answers like the ScaleEngine API: refused the probe{said}")
+        return Check("api", "ok", f"a ScaleEngine API: it refused the probe{said}")
     if isinstance(reply, dict) and reply.get("status") == "success":
         # An API that accepts an unsigned, unknown command is not the one the worker expects.
         return Check("api", "fail", f"accepted an unsigned probe: not a ScaleEngine API; {hint}")
@@ -249,9 +251,25 @@ def _check_clock(date_header: str | None, before: float, after: float) -> Check:
 def check() -> None:
     """Check the configuration, Redis, the API, the clock, the workers, the queues and the
     latest closes' refusals; exit 1 on a problem."""
+    # On a terminal a long detail wraps under its own column; piped, one line per check.
+    width = shutil.get_terminal_size().columns if sys.stdout.isatty() else None
     failed = False
     for result in run_checks():
         failed = failed or result.status == "fail"
-        click.echo(f"{result.status:<5} {result.name:<14} {result.detail}")
+        click.echo(format_line(result, width))
     click.echo("problems found" if failed else "all checks passed")
     sys.exit(1 if failed else 0)
+
+
+def format_line(result: Check, width: int | None) -> str:
+    line = f"{result.status:<5} {result.name:<14} {result.detail}"
+    if width is None or len(line) <= width:
+        return line
+    indent = " " * 21  # under the detail column
+    return textwrap.fill(
+        line,
+        width=max(width, 40),
+        subsequent_indent=indent,
+        break_long_words=False,
+        break_on_hyphens=False,
+    )
