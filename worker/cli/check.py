@@ -2,8 +2,11 @@
 
 Checks, in order: the configuration (every setting valid, the account's credentials present),
 that Redis answers, that the API's host resolves, that its TLS certificate verifies (with the
-same session set-up the worker uses), and the local clock against the API's ``Date`` header.
-A failed check makes the command exit 1; a warning does not.
+same session set-up the worker uses), that the URL answers like a ScaleEngine API (an unsigned
+probe it can only refuse, ``probe_body``), the local clock against the API's ``Date`` header,
+then the cluster (``worker.cli.check_cluster``): workers that answer, queue depths, and recent
+refusals in the results log that name a setting. A failed check makes the command exit 1; a
+warning does not.
 
 Why the clock: each request carries a signed unix timestamp, and the API refuses one outside
 its window (code 0002). The window is not documented, so the limits are conservative:
@@ -215,7 +218,7 @@ def judge_probe(http_status: int, content_type: str, text: str) -> Check:
         reply = None
     if isinstance(reply, dict) and reply.get("status") == "failure":
         code = reply.get("code")
-        said = f" (code {code})" if isinstance(code, str) else ""
+        said = f" (code {code})" if code is not None else ""
         return Check("api", "ok", f"a ScaleEngine API: it refused the probe{said}")
     if isinstance(reply, dict) and reply.get("status") == "success":
         # An API that accepts an unsigned, unknown command is not the one the worker expects.
