@@ -39,6 +39,9 @@ from config.urls import (
     check_url,
     has_password,
     is_loopback_host,
+    is_sentinel,
+    parse_sentinel,
+    sentinel_url,
     with_password,
 )
 from config.variables import bare as _bare
@@ -91,6 +94,9 @@ class Settings(BaseSettings):
         validate_default=True,
         repr=False,
     )
+    #: The name Redis Sentinel knows the master by (``sentinel monitor <name> ...``): required
+    #: when REDIS_URL or CELERY_BROKER_URL is a sentinel:// URL, and used for both.
+    sentinel_master: str | None = Field(None, min_length=1)
     broker_password_file: SecretStr | None = None
     broker_password: SecretStr | None = Field(None, validate_default=True)
     celery_broker_url: str | None = Field(
@@ -241,6 +247,8 @@ class Settings(BaseSettings):
             return None
         is_redis = info.field_name == "redis_url"
         check_url(value, REDIS_SCHEMES if is_redis else BROKER_SCHEMES)
+        if is_sentinel(value):  # one spelling for Celery, kombu and the state client
+            value = sentinel_url(parse_sentinel(value))
         password_field = "redis_password" if is_redis else "broker_password"
         password = info.data.get(password_field)
         if password is None:
@@ -302,6 +310,13 @@ class Settings(BaseSettings):
         return self
 
     def _check_connections(self) -> None:
+        urls = (("REDIS_URL", self.redis_url), ("CELERY_BROKER_URL", self.broker_url))
+        for variable, url in urls:
+            if is_sentinel(url) and self.sentinel_master is None:
+                raise ValueError(
+                    f"STREAMCTL_SENTINEL_MASTER: required with a sentinel:// {variable}: the "
+                    "name the sentinels monitor the master by (sentinel monitor <name> ...)"
+                )
         if self.broker_password is not None and self.celery_broker_url is None:
             raise ValueError(
                 "STREAMCTL_BROKER_PASSWORD: set only with CELERY_BROKER_URL; the broker is "
