@@ -6,13 +6,15 @@ must not import).
 
 from __future__ import annotations
 
+import contextlib
+import time
 from dataclasses import dataclass
 from typing import Any
 
 import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
-from redis.sentinel import Sentinel
+from redis.sentinel import Sentinel, SentinelConnectionPool
 
 from config.settings import Settings
 from config.urls import is_sentinel, parse_sentinel
@@ -25,6 +27,39 @@ POOL_WAIT = 10.0
 #: within a second or two more. Backoff from 50 ms doubling to 1 s: about 25 s in all.
 FAILOVER_RETRIES = 30
 _FAILOVER_BACKOFF = ExponentialBackoff(cap=1.0, base=0.05)
+#: Seconds between two questions to the sentinels for the master's address while connections
+#: are in use: the most a client goes on writing to a master that Sentinel replaced.
+MASTER_RECHECK = 1.0
+
+
+class _FollowingPool(SentinelConnectionPool):
+    """A Sentinel pool that also notices a failover its connections have not felt.
+
+    redis-py's pool asks the sentinels only when it opens a connection, so a pooled connection
+    to a master that Sentinel replaced without killing it (``SENTINEL FAILOVER``, a partition)
+    goes on writing there until that server turns read-only, and those writes are lost when it
+    resyncs from the new master. Here, at most once per MASTER_RECHECK, taking a connection asks
+    the sentinels; a new address closes the idle connections (redis-py's own step), and one
+    taken to the old address is reconnected before it is used.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]
+        self._next_check = 0.0
+
+    def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+        now = time.monotonic()
+        if now >= self._next_check:
+            self._next_check = now + MASTER_RECHECK
+            # No sentinel answers, or no master yet: the command's own retry waits for one.
+            with contextlib.suppress(redis.ConnectionError, redis.TimeoutError):
+                self.get_master_address()  # type: ignore[no-untyped-call]
+        connection = super().get_connection(*args, **kwargs)
+        address = self.master_address
+        if address is not None and (connection.host, connection.port) != address:
+            connection.disconnect()  # type: ignore[no-untyped-call]
+            connection.connect()  # type: ignore[no-untyped-call]
+        return connection
 
 
 def redis_client(settings: Settings) -> redis.Redis:
@@ -89,6 +124,7 @@ def sentinel_client(url: str, master: str, **options: Any) -> redis.Redis:
     retry = Retry(_FAILOVER_BACKOFF, FAILOVER_RETRIES)
     return sentinels(url).master_for(  # type: ignore[no-untyped-call,no-any-return]
         master,
+        connection_pool_class=_FollowingPool,
         retry=retry,
         retry_on_error=[redis.ConnectionError, redis.TimeoutError, redis.ReadOnlyError],
         **options,
