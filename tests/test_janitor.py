@@ -90,3 +90,32 @@ def test_lost_message_ends_expired_once_and_finished_jobs_are_left_alone(
     assert progress.finished
     assert (progress.counts["success"], progress.counts["expired"]) == (1, 1)
     assert grace_seconds(fleet.settings) == 2.5
+
+
+def test_a_lost_message_that_can_still_run_is_sent_again_and_ends_once(
+    tmp_path: Path, sandbox: Any
+) -> None:
+    """Before: ended ``expired`` by the janitor after its expiry, with nothing sent."""
+    with cluster(tmp_path, tuning=QUICK_JANITOR) as fleet:
+        jobs = [CloseJob.parse(unique_target("rescue")) for _ in range(3)]
+        sender = BatchSender(fleet.settings, fleet.app)
+        batch = sender.start(jobs, expires=60)
+        lost = batch.job_ids[1]
+        _drop_message(fleet, lost)
+        started = time.monotonic()
+        fleet.start_worker("rescue", concurrency=2)
+        results = fleet.wait_for(batch.job_ids, timeout=30)
+        took = time.monotonic() - started
+        time.sleep(2)  # more sweeps: none may send it a third time
+        results = fleet.wait_for(batch.job_ids, timeout=1)
+        log = fleet.workers[0].log()
+        pending_after = fleet.redis.zcard(PENDING_KEY)
+        successes = sender.batches.progress(batch.batch_id).counts["success"]
+
+    assert [len(results[job_id]) for job_id in batch.job_ids] == [1, 1, 1]
+    assert [results[job_id][0]["outcome"] for job_id in batch.job_ids] == ["success"] * 3
+    assert results[lost][0]["batch_id"] == batch.batch_id
+    assert len(sandbox.requests_for(jobs[1].target.as_fields())) == 1
+    assert "sent again 1 job(s) whose message the broker lost" in log
+    assert took < 30 and pending_after == 0
+    assert successes == 3
