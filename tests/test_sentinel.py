@@ -47,9 +47,7 @@ def test_a_sentinel_url_is_read_in_one_spelling(clean_env: pytest.MonkeyPatch) -
     clean_env.setenv("STREAMCTL_SENTINEL_MASTER", "mymaster")
     settings = load_settings()
     # Every part carries the password and database: Celery and kombu read the first part's.
-    assert settings.redis_url == (
-        "sentinel://:pw@10.0.0.1:26379/3;sentinel://:pw@10.0.0.2:26379/3"
-    )
+    assert settings.redis_url == ("sentinel://:pw@10.0.0.1:26379/3;sentinel://:pw@10.0.0.2:26379/3")
     shown = "sentinel://***@10.0.0.1:26379/3;sentinel://***@10.0.0.2:26379/3"
     assert mask_url(settings.redis_url) == shown
 
