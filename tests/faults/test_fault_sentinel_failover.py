@@ -19,8 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
+from celery import Celery
 
-from config.settings import load_settings
+from config.settings import Settings, load_settings
 from tests.conftest import WorkerProcess
 from tests.faults.harness import FAULT_TUNING, make_app, report, unique_target
 from tests.private_redis import SentinelSet
@@ -41,33 +43,7 @@ def test_master_killed_mid_batch_the_batch_ends_on_the_new_master(
     tmp_path: Path, sandbox: Any
 ) -> None:
     with SentinelSet(tmp_path) as redis_set:
-        channel = f"streamctl-sentinel-{secrets.token_hex(4)}:results"
-        env = {
-            **{k: v for k, v in os.environ.items() if k not in _NOT_INHERITED},
-            **FAULT_TUNING,
-            "REDIS_URL": redis_set.url,
-            "STREAMCTL_SENTINEL_MASTER": SentinelSet.MASTER,
-            "STREAMCTL_RESULTS_CHANNEL": channel,
-        }
-        overrides: dict[str, Any] = {
-            name.removeprefix("STREAMCTL_").lower(): value for name, value in FAULT_TUNING.items()
-        }
-        settings = load_settings(
-            **overrides,
-            redis_url=redis_set.url,
-            sentinel_master=SentinelSet.MASTER,
-            results_channel=channel,
-            celery_broker_url=None,
-            rate_limit=None,
-            max_in_flight=None,
-        )
-        app = make_app(settings)
-        # This process's Celery configuration was read before the sentinels existed.
-        app.conf.broker_transport_options = {
-            **app.conf.broker_transport_options,
-            "master_name": SentinelSet.MASTER,
-        }
-        app.conf.result_backend_transport_options = {"master_name": SentinelSet.MASTER}
+        env, settings, app = _sentinel_cluster(redis_set)
         workers = [
             WorkerProcess(tmp_path / f"worker-{n}.log", concurrency=8, env=env).start()
             for n in range(2)
@@ -118,6 +94,38 @@ def test_master_killed_mid_batch_the_batch_ends_on_the_new_master(
     assert results == dict.fromkeys(batch.job_ids, 1)  # one result each, on the new master
 
 
+def _sentinel_cluster(redis_set: SentinelSet) -> tuple[dict[str, str], Settings, Celery]:
+    """The workers' environment, and this process's settings and app, on ``redis_set``."""
+    channel = f"streamctl-sentinel-{secrets.token_hex(4)}:results"
+    env = {
+        **{k: v for k, v in os.environ.items() if k not in _NOT_INHERITED},
+        **FAULT_TUNING,
+        "REDIS_URL": redis_set.url,
+        "STREAMCTL_SENTINEL_MASTER": SentinelSet.MASTER,
+        "STREAMCTL_RESULTS_CHANNEL": channel,
+    }
+    overrides: dict[str, Any] = {
+        name.removeprefix("STREAMCTL_").lower(): value for name, value in FAULT_TUNING.items()
+    }
+    settings = load_settings(
+        **overrides,
+        redis_url=redis_set.url,
+        sentinel_master=SentinelSet.MASTER,
+        results_channel=channel,
+        celery_broker_url=None,
+        rate_limit=None,
+        max_in_flight=None,
+    )
+    app = make_app(settings)
+    # This process's Celery configuration was read before the sentinels existed.
+    app.conf.broker_transport_options = {
+        **app.conf.broker_transport_options,
+        "master_name": SentinelSet.MASTER,
+    }
+    app.conf.result_backend_transport_options = {"master_name": SentinelSet.MASTER}
+    return env, settings, app
+
+
 def _job_results(client: Any, log_stream: str) -> dict[str, int]:
     """Job id -> how many results of it the log holds (the log as the new master has it)."""
     found: Counter[str] = Counter()
@@ -126,3 +134,41 @@ def _job_results(client: Any, log_stream: str) -> dict[str, int]:
         if result.get("type", "job") == "job":
             found[result["job_id"]] += 1
     return dict(found)
+
+
+def test_workers_go_on_when_sentinel_demotes_the_master(tmp_path: Path, sandbox: Any) -> None:
+    """SENTINEL FAILOVER: the old master lives on and is made a replica (READONLY to writes).
+
+    Before, a worker whose Redis turned read-only exited ("Unrecoverable error"); under
+    Sentinel it goes on against the new master, and jobs enqueued after the switch end.
+    """
+    with SentinelSet(tmp_path) as redis_set:
+        env, settings, app = _sentinel_cluster(redis_set)
+        worker = WorkerProcess(tmp_path / "worker.log", concurrency=4, env=env).start()
+        try:
+            sender = BatchSender(settings, app)
+            first = sender.start([CloseJob.parse(unique_target("demote")) for _ in range(20)])
+            assert wait_for_batch(first, timeout=30, sender=sender) is not None
+            old_master = redis_set.master_port()
+            with redis.Redis(port=redis_set.sentinel_ports[0]) as sentinel:
+                sentinel.execute_command("SENTINEL", "FAILOVER", SentinelSet.MASTER)
+            deadline = time.monotonic() + 20
+            while redis_set.master_port() == old_master and time.monotonic() < deadline:
+                time.sleep(0.1)
+            # The old master turns into a replica of the new one a little later.
+            with redis.Redis(port=old_master) as old:
+                while old.info("replication")["role"] != "slave":
+                    assert time.monotonic() < deadline + 20, "the old master was not demoted"
+                    time.sleep(0.2)
+            second = sender.start([CloseJob.parse(unique_target("demote")) for _ in range(50)])
+            summary = wait_for_batch(second, timeout=60, sender=sender)
+            alive, starts = worker.alive(), worker.log().count(" ready.")
+            log = worker.log()
+            new_master = redis_set.master_port()
+        finally:
+            worker.stop()
+
+    assert new_master != old_master
+    assert summary is not None and summary["counts"]["success"] == 50, summary
+    assert alive and starts == 1, log[-3000:]
+    assert "Unrecoverable error" not in log
