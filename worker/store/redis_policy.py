@@ -14,6 +14,10 @@ refuses to start on an evicting master. Only a master is judged: a replica does 
 itself (it applies its master's deletions), and which master it follows, and that master's
 policy, cannot be read from here reliably. Where CONFIG is not allowed (managed Redis services
 often hide it), the policy cannot be read: that is said, and the worker starts.
+
+The same check refuses a Redis Cluster node (``INFO cluster``: ``cluster_enabled:1``): the Lua
+scripts touch keys of several hash slots at once, which a cluster refuses (CROSSSLOT). A
+``sentinel://`` URL is judged on the master its sentinels name.
 """
 
 from __future__ import annotations
