@@ -10,14 +10,17 @@ before the batch's expiry (15 minutes), not ended ``expired`` after it.
 from __future__ import annotations
 
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.faults.harness import cluster, lost_and_doubled, outcomes, report, unique_target
+from worker.broker.messages import send_retry
 from worker.model.targets import CloseJob
 from worker.produce.batch import BatchSender
+from worker.produce.producer import job_kwargs
 
 pytestmark = pytest.mark.faults
 
@@ -81,3 +84,36 @@ def test_a_killed_workers_jobs_run_elsewhere_within_a_minute(tmp_path: Path, san
     assert figures["replays"] == 0
     assert done_at - killed_at < RECOVERY_BOUND, figures
     assert survivor_alive
+
+
+#: Longer than the fault cluster's 10 s visibility timeout, well inside its 60 s expiry.
+COUNTDOWN = 25.0
+
+
+def test_a_live_worker_keeps_a_message_longer_than_the_visibility_timeout(
+    tmp_path: Path, sandbox: Any
+) -> None:
+    """A countdown of 25 s against a 10 s visibility timeout: the worker holding the message
+    renews its claim, so it is delivered once and sent once.
+
+    Before (no renewal): Redis restored it to the queue after 10 s, a second worker took the
+    copy, and both ran it when the countdown ended.
+    """
+    with cluster(tmp_path) as fleet:
+        holder = fleet.start_worker("holder", concurrency=2)
+        other = fleet.start_worker("other", concurrency=2)
+        target = unique_target("held")
+        _job, kwargs = job_kwargs(target, settings=fleet.settings)
+        job_id = f"held-{uuid.uuid4().hex[:12]}"
+        send_retry(fleet.app, job_id, kwargs, countdown=COUNTDOWN)
+        results = fleet.wait_for([job_id], timeout=COUNTDOWN + 20)
+        time.sleep(2)  # a second run, had there been one, ends meanwhile
+        results = fleet.wait_for([job_id], timeout=1)
+        received = sum(
+            worker.log().count(f"scaleengine.stream.close[{job_id}] received")
+            for worker in (holder, other)
+        )
+
+    assert [r["outcome"] for r in results[job_id]] == ["success"]
+    assert received == 1
+    assert len(sandbox.requests_for(target)) == 1
