@@ -6,7 +6,7 @@ Every value comes from the one settings object; nothing here is a second source 
 from __future__ import annotations
 
 from config.settings import get_settings as _get_settings
-from config.urls import celery_url
+from config.urls import celery_url, is_sentinel
 
 _settings = _get_settings()
 
@@ -19,12 +19,17 @@ redis_backend_use_ssl = _settings.redis_ssl or {}
 # Kept shorter than a job's expiry and longer than any countdown (checked by Settings).
 # Kombu sweeps for such messages every interval x throttle seconds, 100 s by default, which
 # would add up to 100 s to a lost job's wait: sweep every tenth of the timeout (10 s at most).
-broker_transport_options = {
+broker_transport_options: dict[str, object] = {
     "visibility_timeout": _settings.visibility_timeout,
     "unacked_restore_interval": max(1, min(10, round(_settings.visibility_timeout / 10))),
     "unacked_restore_throttle": 1,
 }
-result_backend_transport_options = {"retry_policy": {"timeout": 5.0}}
+result_backend_transport_options: dict[str, object] = {"retry_policy": {"timeout": 5.0}}
+# Sentinel (sentinel://...): kombu and the result backend ask the sentinels for the master.
+if is_sentinel(_settings.broker_url):
+    broker_transport_options["master_name"] = _settings.sentinel_master
+if is_sentinel(_settings.redis_url):
+    result_backend_transport_options["master_name"] = _settings.sentinel_master
 broker_connection_retry_on_startup = True
 
 # JSON only: a pickle from the broker would be code execution.

@@ -5,9 +5,10 @@ and ``CELERY_BROKER_URL`` keep their bare names; every other tunable has the ``S
 prefix. A ``.env`` file in the working directory is read too; the process environment wins.
 
 Each default is chosen so that the timing invariants of the queue hold (see
-``_check_timing``): a retry's countdown stays well inside the broker's visibility timeout, and
-the visibility timeout is shorter than a job's expiry, so that a job lost with a crashed
-worker is redelivered while it may still run.
+``_check_timing``): a retry's countdown is shorter than a job's expiry, and so is the broker's
+visibility timeout, so that a job lost with a crashed worker is redelivered while it may still
+run. Live workers renew the messages they hold (``worker.consume.renewer``), so a countdown or
+a long batch message need not fit inside the visibility timeout.
 """
 
 from __future__ import annotations
@@ -39,6 +40,9 @@ from config.urls import (
     check_url,
     has_password,
     is_loopback_host,
+    is_sentinel,
+    parse_sentinel,
+    sentinel_url,
     with_password,
 )
 from config.variables import bare as _bare
@@ -91,6 +95,9 @@ class Settings(BaseSettings):
         validate_default=True,
         repr=False,
     )
+    #: The name Redis Sentinel knows the master by (``sentinel monitor <name> ...``): required
+    #: when REDIS_URL or CELERY_BROKER_URL is a sentinel:// URL, and used for both.
+    sentinel_master: str | None = Field(None, min_length=1)
     broker_password_file: SecretStr | None = None
     broker_password: SecretStr | None = Field(None, validate_default=True)
     celery_broker_url: str | None = Field(
@@ -142,8 +149,12 @@ class Settings(BaseSettings):
     #: Seconds after enqueue when a job expires: past it nothing is sent (outcome ``expired``),
     #: because a late close would cut off an encoder that has legitimately reconnected.
     job_expiry: PositiveFloat = 900.0
-    #: Redis redelivers a message not acknowledged within this many seconds (a crashed worker).
-    visibility_timeout: PositiveFloat = 300.0
+    #: Redis redelivers a message no live worker has renewed for this many seconds (a SIGKILLed
+    #: worker's: worker.consume.renewer). Live workers renew theirs every quarter of it, so a
+    #: long countdown or batch message is never redelivered; 30 s brings a dead worker's jobs
+    #: back within about 33 s. At least 10 s: clock skew between hosts and a Redis blip of a
+    #: few seconds must not look like a dead worker.
+    visibility_timeout: float = Field(30.0, ge=10)
 
     # --- the worker --------------------------------------------------------------------------
     #: Most jobs a batch message carries (worker.broker.messages). Celery's own cost per message
@@ -241,6 +252,8 @@ class Settings(BaseSettings):
             return None
         is_redis = info.field_name == "redis_url"
         check_url(value, REDIS_SCHEMES if is_redis else BROKER_SCHEMES)
+        if is_sentinel(value):  # one spelling for Celery, kombu and the state client
+            value = sentinel_url(parse_sentinel(value))
         password_field = "redis_password" if is_redis else "broker_password"
         password = info.data.get(password_field)
         if password is None:
@@ -276,16 +289,11 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _check_timing(self) -> Settings:
         longest_countdown = self.celery_retry_countdown * 2 ** max(self.celery_max_retries - 1, 0)
-        if longest_countdown * 2 > self.visibility_timeout:
+        if longest_countdown >= self.job_expiry:
             raise ValueError(
                 "STREAMCTL_CELERY_RETRY_COUNTDOWN: the longest retry countdown "
-                f"({longest_countdown:g} s) must stay under half of "
-                f"STREAMCTL_VISIBILITY_TIMEOUT ({self.visibility_timeout:g} s)"
-            )
-        if self.retry_deadline + self.read_timeout >= self.visibility_timeout:
-            raise ValueError(
-                "STREAMCTL_RETRY_DEADLINE plus STREAMCTL_READ_TIMEOUT must stay under "
-                "STREAMCTL_VISIBILITY_TIMEOUT, or a running job is redelivered"
+                f"({longest_countdown:g} s) must be shorter than STREAMCTL_JOB_EXPIRY "
+                f"({self.job_expiry:g} s), or the retry could never run"
             )
         if self.metrics_port is not None and self.metrics_port + self.worker_processes > 65536:
             raise ValueError(
@@ -302,6 +310,13 @@ class Settings(BaseSettings):
         return self
 
     def _check_connections(self) -> None:
+        urls = (("REDIS_URL", self.redis_url), ("CELERY_BROKER_URL", self.broker_url))
+        for variable, url in urls:
+            if is_sentinel(url) and self.sentinel_master is None:
+                raise ValueError(
+                    f"STREAMCTL_SENTINEL_MASTER: required with a sentinel:// {variable}: the "
+                    "name the sentinels monitor the master by (sentinel monitor <name> ...)"
+                )
         if self.broker_password is not None and self.celery_broker_url is None:
             raise ValueError(
                 "STREAMCTL_BROKER_PASSWORD: set only with CELERY_BROKER_URL; the broker is "

@@ -6,10 +6,16 @@ Error messages never contain any part of the URL: it may hold a password.
 from __future__ import annotations
 
 import ipaddress
-from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
+from dataclasses import dataclass
+from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
 
 #: Schemes of REDIS_URL (job state, results, result backend, and the broker by default).
-REDIS_SCHEMES = ("redis", "rediss", "unix")
+#: ``sentinel://`` is Celery's form: ``sentinel://[:password@]host:port;sentinel://host:port/DB``,
+#: the master's name in STREAMCTL_SENTINEL_MASTER.
+REDIS_SCHEMES = ("redis", "rediss", "unix", "sentinel")
+SENTINEL_SCHEME = "sentinel"
+#: Sentinel's own port, for a sentinel:// address that names none.
+SENTINEL_PORT = 26379
 #: Schemes of CELERY_BROKER_URL: the Redis ones and RabbitMQ's (kombu's py-amqp transport).
 BROKER_SCHEMES = (*REDIS_SCHEMES, "amqp", "amqps")
 TLS_SCHEMES = ("rediss", "amqps")
@@ -30,10 +36,9 @@ def check_url(url: str, schemes: tuple[str, ...]) -> str:
     scheme = scheme.lower()
     if not separator:
         raise ValueError("must be a URL such as redis://localhost:6379/0")
-    if scheme == "sentinel":
-        raise ValueError(
-            "Sentinel is not supported yet: give the master's address as redis:// or rediss://"
-        )
+    if scheme == SENTINEL_SCHEME and scheme in schemes:
+        parse_sentinel(url)
+        return url
     if scheme not in schemes:
         raise ValueError(
             f"must be a {', '.join(f'{name}://' for name in schemes[:-1])} or {schemes[-1]}:// URL"
@@ -70,12 +75,103 @@ def check_url(url: str, schemes: tuple[str, ...]) -> str:
     return url
 
 
+@dataclass(frozen=True, slots=True)
+class SentinelAddress:
+    """A ``sentinel://`` URL read: the sentinels, and the master's database and credentials."""
+
+    sentinels: tuple[tuple[str, int], ...]
+    db: int
+    username: str | None
+    password: str | None
+
+
+def is_sentinel(url: str) -> bool:
+    return url.partition("://")[0].lower() == SENTINEL_SCHEME
+
+
+def parse_sentinel(url: str) -> SentinelAddress:
+    """Read a ``sentinel://h1:p1;sentinel://h2:p2/DB`` URL; raise ValueError if it is bad.
+
+    Each sentinel has its own ``sentinel://`` part; the master's database and password may be
+    given on any part (Celery reads the first one's, kombu too), but once: two parts that
+    disagree are refused rather than one of them silently winning.
+    """
+    sentinels: list[tuple[str, int]] = []
+    databases: set[int] = set()
+    users: set[str] = set()
+    passwords: set[str] = set()
+    for chunk in url.split(";"):
+        chunk = chunk.strip()
+        scheme, separator, rest = chunk.partition("://")
+        if not separator or scheme.lower() != SENTINEL_SCHEME:
+            raise ValueError(
+                "each sentinel is a sentinel://host:port part, the parts joined by ';', as in "
+                "sentinel://10.0.0.1:26379;sentinel://10.0.0.2:26379/0"
+            )
+        try:
+            parts = urlsplit(chunk)
+        except ValueError:  # its message may quote the URL
+            raise ValueError("a sentinel's host is not a valid name or address") from None
+        if ("@" not in parts.netloc and "@" in rest) or parts.netloc.count("@") > 1:
+            raise ValueError(f"the URL is ambiguous: {ENCODE_HINT}")
+        try:
+            port = parts.port or SENTINEL_PORT
+        except ValueError:
+            raise ValueError("a sentinel's port must be a number") from None
+        if not parts.hostname:
+            raise ValueError("a sentinel:// part names no host")
+        if parts.query:
+            raise ValueError("a sentinel:// URL takes no query: give the master's name in "
+                             "STREAMCTL_SENTINEL_MASTER")
+        database = parts.path.strip("/")
+        if database:
+            if not database.isdigit():
+                raise ValueError("the database must be a number, as in sentinel://h:26379/0")
+            databases.add(int(database))
+        if parts.username:
+            users.add(unquote(parts.username))
+        if parts.password is not None:
+            passwords.add(unquote(parts.password))
+        sentinels.append((parts.hostname, port))
+    if len(databases) > 1 or len(users) > 1 or len(passwords) > 1:
+        raise ValueError("the sentinel:// parts name different databases or credentials")
+    return SentinelAddress(
+        tuple(sentinels),
+        databases.pop() if databases else 0,
+        users.pop() if users else None,
+        passwords.pop() if passwords else None,
+    )
+
+
+def sentinel_url(address: SentinelAddress) -> str:
+    """``address`` in the one spelling Celery, kombu and the state client all read alike:
+    every part carries the credentials and the database."""
+    user = quote(address.username, safe="") if address.username else ""
+    secret = f":{quote(address.password, safe='')}" if address.password is not None else ""
+    credentials = f"{user}{secret}@" if user or secret else ""
+    return ";".join(
+        f"sentinel://{credentials}{_host(host)}:{port}/{address.db}"
+        for host, port in address.sentinels
+    )
+
+
+def _host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
 def has_password(url: str) -> bool:
+    if is_sentinel(url):
+        return parse_sentinel(url).password is not None
     return urlsplit(url).password is not None
 
 
 def with_password(url: str, password: str) -> str:
     """``url`` carrying ``password``, percent-encoded, so any character survives the URL."""
+    if is_sentinel(url):
+        address = parse_sentinel(url)
+        return sentinel_url(
+            SentinelAddress(address.sentinels, address.db, address.username, password)
+        )
     parts = urlsplit(url)
     user, _at, host = parts.netloc.rpartition("@")
     netloc = f"{user}:{quote(password, safe='')}@{host}"
@@ -88,6 +184,8 @@ def mask_url(url: str) -> str:
     Used for every URL shown (``streamctl check``, the demo, logs). It never fails and never
     lets a credential through, even for a URL the settings would refuse.
     """
+    if ";" in url:  # several sentinels: each part masked alike
+        return ";".join(mask_url(part) for part in url.split(";"))
     scheme, separator, rest = url.partition("://")
     if not separator:
         return "(not a URL)"

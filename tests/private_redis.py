@@ -123,3 +123,116 @@ def tls_redis(
         *("--tls-ca-cert-file", str(ca.cert), "--tls-auth-clients", clients),
         port=port,
     )
+
+
+class SentinelSet:
+    """A master, a replica of it and three ``redis-server --sentinel`` watching it, as
+    ``sentinel monitor <MASTER> 127.0.0.1 <port> 2``: a failover within a few seconds of the
+    master's death (down after 1 s, failover timeout 3 s).
+    """
+
+    MASTER = "m"
+
+    def __init__(self, folder: Path, *, down_after_ms: int = 1000) -> None:
+        self.folder = folder
+        self.down_after_ms = down_after_ms
+        # Diskless sync at once: Redis' default waits 5 s for more replicas before syncing one.
+        self.master = PrivateRedis(
+            folder, "--maxmemory-policy", "noeviction", "--repl-diskless-sync-delay", "0"
+        )
+        self.replica = PrivateRedis(
+            folder,
+            *("--maxmemory-policy", "noeviction", "--replicaof", "127.0.0.1"),
+        )
+        self.sentinel_ports = [free_port() for _ in range(3)]
+        self._sentinels: list[subprocess.Popen[bytes]] = []
+
+    @property
+    def url(self) -> str:
+        """Celery's form: the sentinels, ``;``-separated, the database on the last."""
+        parts = [f"sentinel://127.0.0.1:{port}" for port in self.sentinel_ports]
+        return ";".join(parts) + "/0"
+
+    def start(self, timeout: float = 15.0) -> SentinelSet:
+        self.master.start()
+        self.replica.args = (*self.replica.args, str(self.master.port))
+        self.replica.start()
+        for port in self.sentinel_ports:
+            conf = self.folder / f"sentinel-{port}.conf"
+            conf.write_text(
+                f"port {port}\nbind 127.0.0.1\ndir {self.folder}\n"
+                f"logfile {self.folder / f'sentinel-{port}.log'}\n"
+                f"sentinel monitor {self.MASTER} 127.0.0.1 {self.master.port} 2\n"
+                f"sentinel down-after-milliseconds {self.MASTER} {self.down_after_ms}\n"
+                f"sentinel failover-timeout {self.MASTER} 3000\n"
+                f"sentinel parallel-syncs {self.MASTER} 1\n"
+            )
+            self._sentinels.append(
+                subprocess.Popen(
+                    [find_redis_server(), str(conf), "--sentinel"],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
+        import redis
+
+        deadline = time.monotonic() + timeout
+        with redis.Redis(port=self.replica.port) as replica:
+            while replica.info("replication").get("master_link_status") != "up":
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError("the replica did not sync with its master")
+                time.sleep(0.05)
+        # Ready: every sentinel knows the replica and the two others.
+        for port in self.sentinel_ports:
+            client = redis.Redis(port=port, socket_connect_timeout=0.5)
+            while True:
+                try:
+                    state = client.sentinel_master(self.MASTER)
+                    if state["num-slaves"] >= 1 and state["num-other-sentinels"] >= 2:
+                        break
+                except (redis.ConnectionError, redis.ResponseError):
+                    pass
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError("the sentinels did not see the master, replica and peers")
+                time.sleep(0.1)
+            client.close()
+        return self
+
+    def master_port(self) -> int:
+        """The port of the master the sentinels name now."""
+        import redis
+
+        client = redis.Redis(port=self.sentinel_ports[0])
+        try:
+            return int(client.sentinel_get_master_addr_by_name(self.MASTER)[1])
+        finally:
+            client.close()
+
+    def kill_master(self) -> None:
+        """SIGKILL the first master: no shutdown, no last write to its replica."""
+        process = self.master._process
+        assert process is not None
+        process.kill()
+        process.wait()
+
+    def stop(self) -> None:
+        for sentinel in self._sentinels:
+            if sentinel.poll() is None:
+                sentinel.terminate()
+                sentinel.wait(timeout=10)
+        self._sentinels.clear()
+        self.replica.stop()
+        self.master.stop()
+
+    def __enter__(self) -> SentinelSet:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

@@ -33,10 +33,9 @@ from worker.produce.producer import job_kwargs
 
 pytestmark = pytest.mark.e2e
 
-#: A private cluster whose chunks have time for several jobs (budget 15 - 2 - 1.5 - 5 = 6.5 s)
+#: A private cluster whose chunks have time for several jobs (budget 30 - 2 - 1.5 - 5 = 21.5 s)
 #: and whose in-task retries give up after two quick attempts. Settings' invariants hold: the
-#: longest countdown (2 s) is under half the visibility timeout, deadline + read timeout under
-#: it, and it under the expiry.
+#: longest countdown (2 s) and the visibility timeout are under the expiry.
 HAND_BACK_TUNING = {
     "STREAMCTL_VISIBILITY_TIMEOUT": "30",
     "STREAMCTL_JOB_EXPIRY": "60",
@@ -274,8 +273,8 @@ def test_a_job_handed_back_for_a_celery_retry_does_not_hold_back_the_others(
 
 
 def test_jobs_left_over_by_a_spent_budget_still_end_once(tmp_path: Path, sandbox: Any) -> None:
-    with cluster(tmp_path) as fleet:
-        # The fault cluster's timing leaves a chunk no time: it runs its first job only.
+    # A 14 s expiry leaves a chunk no time (7 s - 5 - 1.5 - 5 < 0): it runs its first job only.
+    with cluster(tmp_path, tuning={"STREAMCTL_JOB_EXPIRY": "14"}) as fleet:
         assert chunk_budget(fleet.settings) == 0
         entries = new_jobs(fleet.settings, "leftover", 5)
         fleet.start_worker("leftover", concurrency=2)

@@ -12,13 +12,16 @@ import time
 from pathlib import Path
 from typing import Any
 
+import redis
+
 from tests.faults.harness import cluster, unique_target
 from worker.broker.messages import JOBS_FIELD
-from worker.consume.janitor import LOST_MESSAGE, grace_seconds, sweep
+from worker.consume.janitor import LOST_MESSAGE, grace_seconds, rescue, sweep
 from worker.consume.wiring import build_runner
+from worker.dev.embedded_redis import EmbeddedRedis
 from worker.model.targets import CloseJob
 from worker.produce.batch import BatchSender
-from worker.store.jobs import PENDING_DATA_KEY, PENDING_KEY
+from worker.store.jobs import PENDING_DATA_KEY, PENDING_KEY, JobState
 
 #: A sweep every half second, 2.5 s past expiry (connect 1 + read 1.5 + grace 0).
 QUICK_JANITOR = {"STREAMCTL_JANITOR_INTERVAL": "0.5", "STREAMCTL_JANITOR_GRACE": "0"}
@@ -90,3 +93,64 @@ def test_lost_message_ends_expired_once_and_finished_jobs_are_left_alone(
     assert progress.finished
     assert (progress.counts["success"], progress.counts["expired"]) == (1, 1)
     assert grace_seconds(fleet.settings) == 2.5
+
+
+def test_a_lost_message_that_can_still_run_is_sent_again_and_ends_once(
+    tmp_path: Path, sandbox: Any
+) -> None:
+    """Before: ended ``expired`` by the janitor after its expiry, with nothing sent."""
+    with cluster(tmp_path, tuning=QUICK_JANITOR) as fleet:
+        jobs = [CloseJob.parse(unique_target("rescue")) for _ in range(3)]
+        sender = BatchSender(fleet.settings, fleet.app)
+        batch = sender.start(jobs, expires=60)
+        lost = batch.job_ids[1]
+        _drop_message(fleet, lost)
+        started = time.monotonic()
+        fleet.start_worker("rescue", concurrency=2)
+        results = fleet.wait_for(batch.job_ids, timeout=30)
+        took = time.monotonic() - started
+        time.sleep(2)  # more sweeps: none may send it a third time
+        results = fleet.wait_for(batch.job_ids, timeout=1)
+        log = fleet.workers[0].log()
+        pending_after = fleet.redis.zcard(PENDING_KEY)
+        successes = sender.batches.progress(batch.batch_id).counts["success"]
+
+    assert [len(results[job_id]) for job_id in batch.job_ids] == [1, 1, 1]
+    assert [results[job_id][0]["outcome"] for job_id in batch.job_ids] == ["success"] * 3
+    assert results[lost][0]["batch_id"] == batch.batch_id
+    assert len(sandbox.requests_for(jobs[1].target.as_fields())) == 1
+    assert "sent again 1 job(s) whose message the broker lost" in log
+    assert took < 30 and pending_after == 0
+    assert successes == 3
+
+
+def test_a_rescue_needs_two_idle_sweeps_in_a_row_and_time_left() -> None:
+    """The decision alone, on a Redis of its own: a busy broker forgets the first sighting, a
+    job due too soon is left to end ``expired``, a job seen twice is sent once."""
+    server = EmbeddedRedis().start()
+    try:
+        client = redis.Redis.from_url(server.url)
+        state = JobState(client, channel="c", log_stream="c:log", log_maxlen=10, ttl_seconds=60)
+        now = 1_000_000.0
+        state.record_pending(
+            [("in-time", {"expires_at": now + 60}), ("too-late", {"expires_at": now + 2})]
+        )
+        sent: list[str] = []
+
+        def resend(job_id: str, _kwargs: Any) -> None:
+            sent.append(job_id)
+
+        def sweep_once(idle: bool | None) -> int:
+            return rescue(state, idle, resend, min_left=5, memory_seconds=30, now=now)
+
+        assert sweep_once(True) == 0  # first sighting
+        assert sweep_once(False) == 0  # a message appeared: the sighting is forgotten
+        assert sweep_once(True) == 0
+        assert sweep_once(None) == 0  # not a Redis broker: nothing is ever rescued
+        assert sweep_once(True) == 0
+        assert sweep_once(True) == 1
+        assert sent == ["in-time"]
+        assert sweep_once(True) == 0  # sent: a first sighting again, not a second send
+        client.close()
+    finally:
+        server.cleanup()

@@ -29,9 +29,8 @@ from worker.dev.embedded_redis import EmbeddedRedis
 from worker.produce.producer import Producer
 
 #: Quick timing for fault clusters; Settings' invariants hold (see ``_check_timing``): the
-#: longest countdown (2 s) is under half the visibility timeout, deadline + read timeout
-#: (6.5 s) under it, and it under the expiry. A short visibility timeout brings a killed
-#: worker's jobs back within seconds.
+#: longest countdown (2 s) and the visibility timeout are under the expiry. A short visibility
+#: timeout (live workers renew their messages) brings a killed worker's jobs back within seconds.
 FAULT_TUNING = {
     "STREAMCTL_VISIBILITY_TIMEOUT": "10",
     "STREAMCTL_RETRY_DEADLINE": "5",

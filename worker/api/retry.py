@@ -19,7 +19,8 @@ Read it from top to bottom, as a job lives it:
    late"); the job runner maps the other endings (success, failure, expired, cancelled).
 
 Countdowns double per retry from ``celery_retry_countdown``; ``Settings._check_timing`` keeps
-the longest under half the visibility timeout.
+the longest under the job's expiry (a waiting message's claim is renewed by its worker, so it
+need not fit in the visibility timeout: ``worker.consume.renewer``).
 """
 
 from __future__ import annotations

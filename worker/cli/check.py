@@ -34,7 +34,7 @@ from urllib.parse import urlsplit
 import click
 
 from config.settings import Settings, load_settings
-from config.urls import mask_url
+from config.urls import is_sentinel, mask_url
 from worker.errors import ApiError, ConfigError, TlsFailed
 
 CLOCK_WARN_SECONDS = 5.0
@@ -76,14 +76,16 @@ def run_checks() -> Iterator[Check]:
         yield Check("configuration", "ok", f"cdn {cdn}, API {mask_url(settings.api_url)}")
     except ConfigError as exc:
         yield Check("configuration", "fail", str(exc))
-    redis_check = _check_redis("redis", settings.redis_url, settings.redis_ssl)
+    redis_check = _check_redis("redis", settings.redis_url, settings.redis_ssl, settings)
     yield redis_check
     broker_check = redis_check
     if settings.celery_broker_url and settings.celery_broker_url != settings.redis_url:
         if urlsplit(settings.broker_url).scheme.lower() in ("amqp", "amqps"):
             broker_check = _check_amqp(settings.broker_url, settings.broker_ssl)
         else:
-            broker_check = _check_redis("broker", settings.broker_url, settings.broker_ssl)
+            broker_check = _check_redis(
+                "broker", settings.broker_url, settings.broker_ssl, settings
+            )
         yield broker_check
     yield from _check_redis_policies(settings)
     yield from _check_api(settings)
@@ -93,9 +95,14 @@ def run_checks() -> Iterator[Check]:
     yield from check_cluster(settings, broker_answers=broker_check.status == "ok")
 
 
-def _check_redis(name: str, url: str, ssl_options: dict[str, Any] | None) -> Check:
+def _check_redis(
+    name: str, url: str, ssl_options: dict[str, Any] | None, settings: Settings
+) -> Check:
     import redis
 
+    if is_sentinel(url):
+        assert settings.sentinel_master is not None  # Settings requires it
+        return _check_sentinel(name, url, settings.sentinel_master)
     try:
         started = time.monotonic()
         with redis.Redis.from_url(
@@ -109,6 +116,25 @@ def _check_redis(name: str, url: str, ssl_options: dict[str, Any] | None) -> Che
         return Check(name, "ok", f"{mask_url(url)} answers (PING {elapsed:.1f} ms)")
     except Exception as exc:  # any failure is the finding
         return Check(name, "fail", f"{mask_url(url)} does not answer: {_reason(exc)}")
+
+
+def _check_sentinel(name: str, url: str, master: str) -> Check:
+    """Redis Sentinel: the master the sentinels name, its replicas and quorum; a fail when the
+    address they give answers as a replica (a failover under way, or sentinels out of date)."""
+    from worker.store.redis import sentinel_view
+
+    try:
+        view = sentinel_view(url, master, timeout=REDIS_TIMEOUT)
+    except Exception as exc:  # any failure is the finding
+        return Check(name, "fail", f"{mask_url(url)}: master {master!r} not found: {_reason(exc)}")
+    host, port = view.address
+    seen = (
+        f"{mask_url(url)}: master {master!r} at {host}:{port}, {view.replicas} replica(s), "
+        f"quorum {view.quorum} of {view.sentinels} sentinel(s)"
+    )
+    if view.role != "master":
+        return Check(name, "fail", f"{seen}; but it answers as a {view.role}, not a master")
+    return Check(name, "ok", seen)
 
 
 def _check_amqp(url: str, ssl_options: dict[str, Any] | None) -> Check:
@@ -146,7 +172,9 @@ def _check_redis_policies(settings: Settings) -> Iterator[Check]:
 
     for name, url, ssl in redis_urls(settings):
         try:
-            finding = check_url(url, timeout=REDIS_TIMEOUT, ssl=ssl)
+            finding = check_url(
+                url, timeout=REDIS_TIMEOUT, ssl=ssl, sentinel_master=settings.sentinel_master
+            )
         except (redis.ConnectionError, redis.TimeoutError):
             yield Check(f"{name}-policy", "skip", "not checked: this Redis does not answer")
             continue

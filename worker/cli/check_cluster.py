@@ -111,12 +111,14 @@ def check_refusals(settings: Settings) -> Check:
     """Fail when the latest closes in the results log were refused for a configuration reason."""
     import redis
 
+    from worker.store.redis import client_for_url
+
     try:
-        with redis.Redis.from_url(
+        with client_for_url(
             settings.redis_url,
-            socket_connect_timeout=REDIS_TIMEOUT,
-            socket_timeout=REDIS_TIMEOUT,
-            **(settings.redis_ssl or {}),
+            sentinel_master=settings.sentinel_master,
+            timeout=REDIS_TIMEOUT,
+            ssl=settings.redis_ssl,
         ) as client:
             entries = client.xrevrange(settings.results_log, count=RECENT_RESULTS)
     except redis.RedisError as exc:

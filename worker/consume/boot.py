@@ -1,4 +1,5 @@
-"""What a worker does as it starts: the ``worker_init`` hooks (eviction, metrics, janitor, GC).
+"""What a worker does as it starts: the ``worker_init`` hooks (eviction, metrics, janitor, GC),
+and on ``worker_ready`` the renewer of its held messages.
 
 The task package imports this module (``tasks/__init__.py``), and every worker imports the
 task modules (``config.celeryconfig``'s ``imports``) before it sends ``worker_init``, whether it
@@ -94,3 +95,17 @@ def _tune_gc(**_: object) -> None:
 
 
 signals.worker_init.connect(_tune_gc, weak=False)
+
+
+def _start_renewer(sender: object = None, **_: object) -> None:
+    """Renew the claims of the messages this worker holds (``worker.consume.renewer``).
+
+    On ``worker_ready``, whose sender is the consumer: its channel holds the messages.
+    """
+    from config.settings import get_settings
+    from worker.consume import renewer
+
+    renewer.start(get_settings(), sender)
+
+
+signals.worker_ready.connect(_start_renewer, weak=False)

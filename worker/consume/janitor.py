@@ -13,6 +13,16 @@ request, so a request started just before it ends at most one connect plus one r
 later, and its result is published right after. ``STREAMCTL_JANITOR_GRACE`` adds room for
 clock skew between hosts and a slow publish.
 
+A lost job that can still meet its expiry is run again instead (``rescue``): when two sweeps in
+a row find a Redis broker holding no message at all, none queued and none unacknowledged, a job
+pending in both (and due no sooner than one attempt's timeouts from now) has lost its message,
+since every delivery of it would be in one of those places. It is sent again from its pending
+record as a single close, with its job id; its lost message never runs, so it runs once, and the
+final result's ``SET NX`` and the per-target timestamps would still keep a mistaken rescue to
+one result and no replayed request. In a long batch that is at its end, when the queue drains:
+the rescue waits for the messages queued before it, as the lost one would have. RabbitMQ loses
+no popped message: there, nothing is rescued.
+
 Every worker runs a sweep each ``STREAMCTL_JANITOR_INTERVAL`` seconds in a daemon thread
 (started by ``worker.consume.boot``). A short Redis lock lets one sweep per interval run in the
 whole cluster; two at once would still be safe (``SET NX``), only wasted work.
@@ -30,11 +40,15 @@ from typing import Any
 from config.settings import Settings
 from worker.model import keys
 from worker.model.results import JobResult
+from worker.store.decode import text
 from worker.store.jobs import JobState
 
 log = logging.getLogger("streamctl.janitor")
 
 LOCK_KEY = keys.JANITOR_LOCK
+SUSPECTS_KEY = keys.JANITOR_SUSPECTS
+#: Most lost jobs one sweep sends again.
+RESCUE_LIMIT = 1000
 #: Pending jobs read per round trip; the lock is renewed between chunks of a long sweep.
 SWEEP_CHUNK = 200
 LOST_MESSAGE = (
@@ -43,6 +57,8 @@ LOST_MESSAGE = (
 )
 
 EndLost = Callable[[str, Mapping[str, Any], str], JobResult]
+#: Sends a lost job again from its task kwargs (``worker.broker.messages.send_retry``).
+Resend = Callable[[str, Mapping[str, Any]], None]
 
 _started_lock = threading.Lock()
 _thread: threading.Thread | None = None
@@ -88,20 +104,76 @@ def sweep(
     return ended
 
 
+def rescue(
+    state: JobState,
+    broker_idle: bool | None,
+    resend: Resend,
+    *,
+    min_left: float,
+    memory_seconds: float,
+    now: float | None = None,
+) -> int:
+    """Send again the pending jobs two idle-broker sweeps in a row found; return how many.
+
+    Run by the sweep that holds the lock. ``broker_idle``: the broker holds no message at all
+    (None: not a Redis broker). ``min_left``: a rescued job is due no sooner than this (one
+    attempt's timeouts); ``memory_seconds``: how long a first sighting counts (a few intervals).
+    """
+    if not broker_idle:
+        state.redis.delete(SUSPECTS_KEY)
+        return 0
+    moment = time.time() if now is None else now
+    alive = state.pending_alive(moment + min_left, RESCUE_LIMIT)
+    seen_before = {text(raw) for raw in state.redis.smembers(SUSPECTS_KEY)}
+    lost = sorted(job_id for job_id in alive if job_id in seen_before)
+    for job_id in lost:
+        resend(job_id, alive[job_id])
+    pipe = state.redis.pipeline()
+    pipe.delete(SUSPECTS_KEY)
+    first_seen = [job_id for job_id in alive if job_id not in seen_before]
+    if first_seen:
+        pipe.sadd(SUSPECTS_KEY, *first_seen)
+        pipe.expire(SUSPECTS_KEY, max(int(memory_seconds), 1))
+    pipe.execute()
+    if lost:
+        log.warning(
+            "janitor: sent again %d job(s) whose message the broker lost",
+            len(lost),
+            extra={"event": "janitor_rescued", "count": len(lost)},
+        )
+    return len(lost)
+
+
 def _run_forever(settings: Settings) -> None:
+    from worker.broker.app import app
+    from worker.broker.idle import redis_broker_idle
+    from worker.broker.messages import send_retry
     from worker.consume.wiring import runner  # built on first use, as the tasks build it
 
     grace = grace_seconds(settings)
+    attempt_seconds = settings.connect_timeout + settings.read_timeout
+
+    def resend(job_id: str, kwargs: Mapping[str, Any]) -> None:
+        send_retry(app, job_id, kwargs, countdown=0)
+
     while True:
         time.sleep(settings.janitor_interval)
         try:
             job_runner = runner()
-            sweep(
+            swept = sweep(
                 job_runner.state,
                 job_runner.end_lost,
                 grace=grace,
                 lock_seconds=settings.janitor_interval,
             )
+            if swept is not None:  # this worker holds the sweep's lock
+                rescue(
+                    job_runner.state,
+                    redis_broker_idle(app),
+                    resend,
+                    min_left=attempt_seconds,
+                    memory_seconds=3 * settings.janitor_interval,
+                )
         except Exception as exc:  # Redis down, say: the next sweep tries again
             log.warning(
                 "janitor: sweep failed (%s); trying again in %g s",

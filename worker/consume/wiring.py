@@ -57,16 +57,23 @@ def build_runner(
     )
 
 
-def chunk_budget(settings: Settings) -> float:
-    """Seconds after which a batch message starts no more of its jobs.
+#: The longest a batch message keeps starting its jobs, before a job's own run: 150 s, what
+#: half the old 300 s visibility timeout allowed.
+CHUNK_HOLD = 150.0
 
-    The message is acknowledged only when its last job ends, and Redis redelivers it after
-    the visibility timeout. A job started within the budget ends within one delivery's retry
-    deadline, one read timeout and one throttle wait, so the whole message is done within half
-    the visibility timeout, the same margin a single job's countdown keeps.
+
+def chunk_budget(settings: Settings) -> float:
+    """Seconds after which a batch message starts no more of its jobs: the rest go back as a
+    new message.
+
+    The message is acknowledged only when its last job ends. Its worker renews the message's
+    claim meanwhile (``worker.consume.renewer``), so it is not redelivered however long it runs;
+    the budget bounds how long it holds its thread while the messages prefetched behind it
+    age: a job started within it ends within one delivery's retry deadline, one read timeout
+    and one throttle wait, so the message is done within CHUNK_HOLD and half a job's expiry.
     """
     longest_job = settings.retry_deadline + settings.read_timeout + settings.throttle_hold
-    return max(settings.visibility_timeout / 2 - longest_job, 0.0)
+    return max(min(CHUNK_HOLD, settings.job_expiry / 2) - longest_job, 0.0)
 
 
 def runner() -> JobRunner:

@@ -40,6 +40,7 @@ own, default ``streamctl:limit``)::
 Locks and the schedule (``worker.consume.janitor``, ``worker.schedule.scheduler``)::
 
     streamctl:janitor:lock          string  the one janitor sweeping at a time
+    streamctl:janitor:suspects      set     pending jobs seen with the broker empty, once
     streamctl:beat:lock             string  the one scheduler running the schedule
     streamctl:schedule:run:<entry>:<slot>  string  a scheduled run, sent once
     streamctl:schedule:runs         stream  the runs sent: an audit trail
@@ -61,6 +62,9 @@ NO_BATCH = f"{_BATCH}:-"
 LIMIT_PREFIX = f"{ROOT}:limit"
 
 JANITOR_LOCK = f"{ROOT}:janitor:lock"
+#: Pending jobs the last sweep found while the broker held no message at all (a rescue's
+#: first sighting; see worker.consume.janitor.rescue).
+JANITOR_SUSPECTS = f"{ROOT}:janitor:suspects"
 BEAT_LOCK = f"{ROOT}:beat:lock"
 SCHEDULE_RUNS = f"{ROOT}:schedule:runs"
 

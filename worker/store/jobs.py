@@ -184,6 +184,16 @@ class JobState:
             (job_id, json.loads(raw) if raw else {}) for job_id, raw in zip(ids, data, strict=True)
         ]
 
+    def pending_alive(self, after: float, limit: int) -> dict[str, dict[str, Any]]:
+        """Up to ``limit`` pending jobs expiring after ``after``: job id -> task kwargs (jobs
+        whose data is missing are left out: they cannot be run again)."""
+        raw_ids = self.redis.zrangebyscore(PENDING_KEY, after, "+inf", start=0, num=limit)
+        ids = [text(raw) for raw in raw_ids]
+        if not ids:
+            return {}
+        data = self.redis.hmget(PENDING_DATA_KEY, ids)
+        return {job_id: json.loads(raw) for job_id, raw in zip(ids, data, strict=True) if raw}
+
     def confirm_job_id(self, job_id: str, fields: Mapping[str, Any]) -> None:
         """The job is published: keep its idempotency key, and its fields, for the result TTL."""
         self.redis.set(job_key(job_id, "enqueued"), _claim_value("enqueued", fields), ex=self._ttl)

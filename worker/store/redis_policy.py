@@ -14,6 +14,10 @@ refuses to start on an evicting master. Only a master is judged: a replica does 
 itself (it applies its master's deletions), and which master it follows, and that master's
 policy, cannot be read from here reliably. Where CONFIG is not allowed (managed Redis services
 often hide it), the policy cannot be read: that is said, and the worker starts.
+
+The same check refuses a Redis Cluster node (``INFO cluster``: ``cluster_enabled:1``): the Lua
+scripts touch keys of several hash slots at once, which a cluster refuses (CROSSSLOT). A
+``sentinel://`` URL is judged on the master its sentinels name.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import redis
 from config.settings import Settings
 from config.urls import REDIS_SCHEMES
 from worker.errors import ConfigError
+from worker.store.redis import client_for_url
 
 log = logging.getLogger("streamctl.redis")
 
@@ -36,6 +41,11 @@ REQUIRED_POLICY = "noeviction"
 FIX = (
     "set it with CONFIG SET maxmemory-policy noeviction, and maxmemory-policy noeviction "
     "in redis.conf so that it survives a restart"
+)
+CLUSTER_REFUSED = (
+    "a Redis Cluster node (cluster_enabled:1): Redis Cluster is not supported, as streamctl's "
+    "scripts use keys of several hash slots at once; use one master, with Sentinel "
+    "(sentinel://) for failover"
 )
 #: A check must not hang a worker's start: a healthy Redis answers in milliseconds.
 CHECK_TIMEOUT = 3.0
@@ -50,17 +60,19 @@ class PolicyFinding:
 
 
 def check_url(
-    url: str, *, timeout: float = CHECK_TIMEOUT, ssl: dict[str, Any] | None = None
+    url: str,
+    *,
+    timeout: float = CHECK_TIMEOUT,
+    ssl: dict[str, Any] | None = None,
+    sentinel_master: str | None = None,
 ) -> PolicyFinding:
     """Read the role and ``maxmemory-policy`` of the Redis at ``url`` and judge them.
 
     Raises ``redis.ConnectionError`` or ``redis.TimeoutError`` when that Redis does not answer:
-    the caller says what that means for it.
+    the caller says what that means for it. A ``sentinel://`` URL is judged on its master.
     """
     # The TLS options of the connection the worker opens: a rediss:// Redis is verified here too.
-    client = redis.Redis.from_url(
-        url, socket_connect_timeout=timeout, socket_timeout=timeout, **(ssl or {})
-    )
+    client = client_for_url(url, sentinel_master=sentinel_master, timeout=timeout, ssl=ssl)
     try:
         return _judge(client)
     finally:
@@ -68,6 +80,9 @@ def check_url(
 
 
 def _judge(client: redis.Redis) -> PolicyFinding:
+    cluster = _cluster_finding(client)
+    if cluster is not None:
+        return cluster
     role = "unknown role"
     try:
         replication = client.info("replication")
@@ -105,6 +120,18 @@ def _judge(client: redis.Redis) -> PolicyFinding:
     )
 
 
+def _cluster_finding(client: redis.Redis) -> PolicyFinding | None:
+    """Refuse a Redis Cluster node: streamctl's scripts touch a job's, its batch's and its
+    target's keys in one call, and those keys lie in different hash slots (CROSSSLOT)."""
+    try:
+        cluster = client.info("cluster")
+    except redis.ResponseError:  # INFO refused: a managed Redis; the policy check says so
+        return None
+    if str(cluster.get("cluster_enabled", "0")) != "1":
+        return None
+    return PolicyFinding("fail", CLUSTER_REFUSED)
+
+
 def redis_urls(settings: Settings) -> Iterator[tuple[str, str, dict[str, Any] | None]]:
     """``(name, URL, SSL options)`` of every Redis a worker uses: state and results, and a Redis
     broker."""
@@ -122,7 +149,7 @@ def require_no_eviction(settings: Settings) -> None:
     """
     for name, url, ssl in redis_urls(settings):
         try:
-            finding = check_url(url, ssl=ssl)
+            finding = check_url(url, ssl=ssl, sentinel_master=settings.sentinel_master)
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             log.warning(
                 "the %s: maxmemory-policy not checked: it does not answer (%s)",
