@@ -30,6 +30,7 @@ import click
 
 from config.settings import Settings, load_settings
 from config.urls import mask_url
+from worker.cli.errors import friendly_errors
 from worker.errors import ConfigError
 
 CLOCK_WARN_SECONDS = 5.0
@@ -204,6 +205,7 @@ def _check_clock(date_header: str | None, before: float, after: float) -> Check:
 
 
 @click.command()
+@friendly_errors
 def check() -> None:
     """Check the configuration, Redis, the API's DNS and TLS, and the clock; exit 1 on a problem."""
     failed = False

@@ -240,12 +240,17 @@ def follow_batch(
     batch: StartedBatch,
     *,
     timeout: float,
+    notify: Callable[[str], None] | None = None,
+    on_idle: Callable[[], None] | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Yield the batch's job results, then its summary (the last item), from the results log.
 
-    Stops early, without a summary, when ``timeout`` seconds pass.
+    Stops early, without a summary, when ``timeout`` seconds pass. ``notify`` and ``on_idle``:
+    as for ``follow``.
     """
-    for _entry, message in follow(client, log_stream, since=batch.since, stop_after=timeout):
+    for _entry, message in follow(
+        client, log_stream, since=batch.since, stop_after=timeout, notify=notify, on_idle=on_idle
+    ):
         if message.get("batch_id") != batch.batch_id:
             continue
         yield message
@@ -287,11 +292,20 @@ def wait_for_batch(
     timeout: float | None = None,
     on_result: Callable[[dict[str, Any]], None] | None = None,
     sender: BatchSender | None = None,
+    notify: Callable[[str], None] | None = None,
+    on_idle: Callable[[], None] | None = None,
 ) -> dict[str, Any] | None:
     """Follow a batch to its summary (returned); None when ``timeout`` passes first."""
     sender = sender or BatchSender()
     limit = timeout if timeout is not None else started.expires + 60
-    for message in follow_batch(sender.redis, sender.settings.results_log, started, timeout=limit):
+    for message in follow_batch(
+        sender.redis,
+        sender.settings.results_log,
+        started,
+        timeout=limit,
+        notify=notify,
+        on_idle=on_idle,
+    ):
         if message.get("type") == "batch":
             return message
         if on_result is not None:
