@@ -131,10 +131,10 @@ def close(
         emit(job_id)
         return
     # With --wait stdout is the result alone (it holds the job id): ``| jq .outcome`` works.
-    click.echo(f"enqueued job {job_id}; waiting for its result", err=True)
     settings = producer.settings
     limit = timeout if timeout is not None else (expires or settings.job_expiry) + 30
     try:
+        click.echo(f"enqueued job {job_id}; waiting for its result", err=True)
         result = wait_for_result(
             producer.state.redis,
             settings.results_channel,
@@ -192,11 +192,14 @@ def run_celery_worker(app: Celery, argv: list[str]) -> int:
 
 @main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
 @click.option(
-    "--concurrency", "-c", type=int, help="Threads (default: STREAMCTL_WORKER_CONCURRENCY)."
+    "--concurrency",
+    "-c",
+    type=click.IntRange(min=1),
+    help="Threads (default: STREAMCTL_WORKER_CONCURRENCY).",
 )
 @click.option(
     "--processes",
-    type=int,
+    type=click.IntRange(min=1),
     help="Worker processes, each with --concurrency threads (default: STREAMCTL_WORKER_PROCESSES).",
 )
 @click.option("--loglevel", "-l", default=None, help="Log level (default: STREAMCTL_LOG_LEVEL).")
