@@ -461,3 +461,53 @@ def test_the_summary_fits_80_columns(tmp_path: Path, worker: Any, sandbox: Any) 
     lines = done.stderr.splitlines()
     assert f"batch {batch_id}" in lines
     assert all(len(line) <= 80 for line in lines), done.stderr
+
+
+# --- item 9: Flower's options -------------------------------------------------------------------
+
+
+def _other_address() -> str | None:
+    """An address of this machine that is not loopback, if it has one."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.1", 9))  # no packet is sent for UDP connect
+            address = str(probe.getsockname()[0])
+        except OSError:
+            return None
+    return None if address.startswith("127.") else address
+
+
+def test_flower_unauthenticated_opens_its_api_on_loopback_only(tmp_path: Path) -> None:
+    import requests
+
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWER_")}
+    log = tmp_path / "flower.log"
+    with log.open("wb") as log_file:
+        flower = subprocess.Popen(
+            command("flower", "--unauthenticated", "--port", str(port)),
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=tmp_path,
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                answer = requests.get(f"http://127.0.0.1:{port}/api/workers", timeout=5)
+                break
+            except requests.ConnectionError:
+                assert flower.poll() is None and time.monotonic() < deadline, log.read_text()
+                time.sleep(0.3)
+        assert answer.status_code == 200, answer.text
+        assert "open to anyone who reaches 127.0.0.1:" in log.read_text()
+        other = _other_address()
+        if other is not None:
+            with pytest.raises(requests.ConnectionError):
+                requests.get(f"http://{other}:{port}/healthcheck", timeout=5)
+    finally:
+        flower.terminate()
+        flower.wait(timeout=20)
