@@ -403,7 +403,7 @@ def test_version_and_whole_summaries() -> None:
 
 QUIET_SOON = (
     "import sys, worker.store.results_log as log, worker.cli.reconnect as rc; "
-    "log.QUIET_FIRST = rc.QUIET_FIRST = 0.5; rc.PLAIN_PROGRESS_EVERY = 1; "
+    "log.QUIET_FIRST = rc.QUIET_FIRST = 0.5; log.QUIET_EVERY = 0.5; rc.PLAIN_PROGRESS_EVERY = 1; "
     "from worker.cli.main import main; main(sys.argv[1:], prog_name='streamctl')"
 )
 
@@ -426,6 +426,20 @@ def test_waiting_with_no_worker_says_so(
     )
     assert done.returncode == 3, done.stderr
     assert "is a worker running?" in done.stderr
+
+
+def test_close_wait_says_a_retry_is_under_way(worker: Any, sandbox: Any) -> None:
+    stream_id = 810_000 + uuid.uuid4().int % 10_000
+    sandbox.inject({"stream_id": stream_id}, "http_error", times=3, status=503)
+    done = subprocess.run(
+        [sys.executable, "-c", QUIET_SOON, "close", "--stream-id", str(stream_id), "--wait"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["outcome"] == "success"
+    assert "request(s) so far, the last ended" in done.stderr, done.stderr
 
 
 def test_reconnect_off_a_terminal_prints_progress_lines(

@@ -8,7 +8,7 @@ import json
 import os
 import sys
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -141,7 +141,7 @@ def close(
             job_id,
             timeout=limit,
             state_lookup=producer.state.final_result,
-            on_quiet=_quiet_notice(f"job {job_id}", limit),
+            on_quiet=_quiet_notice(f"job {job_id}", limit, lambda: producer.state.attempts(job_id)),
         )
     except KeyboardInterrupt:
         click.echo(
@@ -157,13 +157,24 @@ def close(
     sys.exit(0 if result.get("outcome") == "success" else 1)
 
 
-def _quiet_notice(what: str, limit: float) -> Callable[[float], None]:
-    """A line on stderr while nothing arrives: a missing worker shows, not silence."""
+def _quiet_notice(
+    what: str, limit: float, attempts: Callable[[], list[Any]]
+) -> Callable[[float], None]:
+    """A line on stderr while no result comes: a retry's wait or a missing worker shows."""
 
     def notice(waited: float) -> None:
+        tried = attempts()
+        if tried:
+            last = tried[-1]
+            how = last.error or f"HTTP {last.http_status}"
+            state = (
+                f"{len(tried)} request(s) so far, the last ended {how}; "
+                "the worker tries again later (a Celery retry waits up to a minute)"
+            )
+        else:
+            state = "no request sent yet: is a worker running? (streamctl worker)"
         click.echo(
-            f"still waiting for {what} after {waited:.0f} s (up to {limit:g} s): "
-            "is a worker running? (streamctl worker)",
+            f"still waiting for {what} after {waited:.0f} s (up to {limit:g} s): {state}",
             err=True,
         )
 
