@@ -148,6 +148,21 @@ def test_cancel_ends_unsent_jobs_cancelled(
         if json.loads(result)["outcome"] == "cancelled":
             assert sandbox.requests_for(target) == []
 
+    # Cancelled jobs are not "failed": they are sent again only when asked.
+    cancelled_streams = sorted(
+        target["stream"]
+        for job_id, target in jobs.items()
+        if json.loads(batches.redis.get(f"streamctl:job:{job_id}:result") or "{}")["outcome"]
+        == "cancelled"
+    )
+    assert run("batch", batch_id, "--failed").stdout == ""
+    with_cancelled = run("batch", batch_id, "--failed", "--include-cancelled")
+    assert sorted(json.loads(line)["stream"] for line in with_cancelled.stdout.splitlines()) == (
+        cancelled_streams
+    )
+    again = run("reconnect", "--retry-failed", batch_id)
+    assert again.exit_code == 0 and "nothing to send again" in again.stderr
+
 
 def test_retry_failed_sends_only_the_failed_ones(tmp_path: Path, worker: Any, sandbox: Any) -> None:
     targets = names("retry", 6)

@@ -111,7 +111,11 @@ def reconnect(
     if retry_batch is not None:
         jobs = _failed_jobs(sender, retry_batch, include_cancelled=include_cancelled)
         if not jobs:
-            err.print(f"every job of batch {retry_batch} succeeded: nothing to send again")
+            left_out = "" if include_cancelled else " (cancelled ones too: --include-cancelled)"
+            err.print(
+                f"no job of batch {retry_batch} failed: nothing to send again{left_out}",
+                highlight=False,
+            )
             return
         err.print(f"{len(jobs)} job(s) of batch {retry_batch} did not succeed")
     else:
@@ -151,6 +155,8 @@ def _target_line(job: CloseJob) -> dict[str, Any]:
 
 def _failed_jobs(sender: BatchSender, batch_id: str, *, include_cancelled: bool) -> list[CloseJob]:
     """The jobs of an ended batch that did not succeed (cancelled ones only when asked)."""
+    from worker.model.targets import CloseJob
+
     if include_cancelled:
         return sender.failed_jobs(batch_id)
     records = sender.batches.jobs(batch_id)
