@@ -525,3 +525,18 @@ def test_flower_unauthenticated_opens_its_api_on_loopback_only(tmp_path: Path) -
     finally:
         flower.terminate()
         flower.wait(timeout=20)
+
+
+def test_a_bad_value_from_dotenv_names_the_file(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("STREAMCTL_JOB_EXPIRY=soon\n")
+    env = {k: v for k, v in os.environ.items() if k != "STREAMCTL_JOB_EXPIRY"}
+    done = subprocess.run(
+        command("close", "--stream-id", "5"),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=tmp_path,
+        env={**env, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+    )
+    assert done.returncode == 2
+    assert "STREAMCTL_JOB_EXPIRY" in done.stderr and "./.env" in done.stderr, done.stderr

@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import sys
 from collections.abc import Callable
 from functools import wraps
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 
-from worker.errors import StreamctlError
+from worker.errors import ConfigError, StreamctlError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -40,6 +42,29 @@ def redis_problem(exc: Exception) -> str:
         where = ""
     cause = str(exc).strip() or type(exc).__name__
     return f"Redis{where} (REDIS_URL) is unreachable: {cause}"
+
+
+def from_dotenv(message: str) -> str:
+    """The message, naming ``./.env`` for each variable it names that came from there.
+
+    Settings read ``./.env`` below the environment: a variable named in the message that
+    the environment lacks but ``./.env`` sets is where the bad value came from.
+    """
+    dotenv = Path(".env")
+    try:
+        lines = dotenv.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return message
+    defined = {
+        line.split("=", 1)[0].removeprefix("export ").strip()
+        for line in lines
+        if "=" in line and not line.lstrip().startswith("#")
+    }
+    named = dict.fromkeys(re.findall(r"\b[A-Z][A-Z0-9_]{2,}\b", message))
+    sourced = [name for name in named if name in defined and name not in os.environ]
+    if not sourced:
+        return message
+    return f"{message}\n  ({', '.join(sourced)}: set in ./.env)"
 
 
 def silence_stdout() -> None:
@@ -73,6 +98,8 @@ def friendly_errors(command: F) -> F:
 
         try:
             return command(*args, **kwargs)
+        except ConfigError as exc:
+            message = from_dotenv(str(exc))
         except StreamctlError as exc:
             message = str(exc)
         except redis.RedisError as exc:
