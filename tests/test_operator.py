@@ -540,3 +540,14 @@ def test_a_bad_value_from_dotenv_names_the_file(tmp_path: Path) -> None:
     )
     assert done.returncode == 2
     assert "STREAMCTL_JOB_EXPIRY" in done.stderr and "./.env" in done.stderr, done.stderr
+
+
+def test_a_bad_schedule_name_is_explained_in_words(tmp_path: Path) -> None:
+    schedule = tmp_path / "schedules.toml"
+    schedule.write_text(
+        '[[schedule]]\nname = "nightly run"\nevery = 60\ntargets = [{stream_id = 5}]\n'
+    )
+    done = streamctl("beat", env={"STREAMCTL_SCHEDULE_FILE": str(schedule)}, timeout=30)
+    assert done.returncode == 2, done.stderr
+    assert "'nightly run' is not a name" in done.stderr
+    assert "pattern" not in done.stderr and "^[" not in done.stderr
