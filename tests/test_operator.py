@@ -551,3 +551,35 @@ def test_a_bad_schedule_name_is_explained_in_words(tmp_path: Path) -> None:
     assert done.returncode == 2, done.stderr
     assert "'nightly run' is not a name" in done.stderr
     assert "pattern" not in done.stderr and "^[" not in done.stderr
+
+
+def test_demo_notices_a_dead_worker_and_keeps_its_log(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SCALEENGINE_", "STREAMCTL_"))}
+    env.pop("REDIS_URL", None)
+    env["TMPDIR"] = str(tmp_path)
+    demo = subprocess.Popen(
+        command("demo", "--jobs", "200", "--concurrency", "1"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert demo.stdout is not None
+    seen = ""
+    try:
+        for line in demo.stdout:
+            seen += line
+            if match := re.search(r"worker\s+pid (\d+)", line):
+                os.kill(int(match[1]), signal.SIGKILL)
+                break
+        out, _ = demo.communicate(timeout=60)
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+    seen += out
+    assert demo.returncode == 1, seen
+    assert "the worker exited" in seen
+    kept = list(tmp_path.glob("streamctl-demo-*/worker.log"))
+    assert len(kept) == 1 and "the worker's log is kept for you" in seen
+    assert str(kept[0]) in seen.replace("\n", "")
