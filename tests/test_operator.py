@@ -177,7 +177,13 @@ def test_ctrl_c_on_watch_exits_130() -> None:
 
 
 @pytest.mark.parametrize(
-    "args", [("watch",), ("batch", "20260101-000000-abcdef"), ("reconnect", "-")]
+    "args",
+    [
+        ("watch",),
+        ("batch", "20260101-000000-abcdef"),
+        ("reconnect", "-"),
+        ("close", "--stream-id", "5"),
+    ],
 )
 def test_redis_down_is_a_message_with_its_cause(args: tuple[str, ...]) -> None:
     done = streamctl(*args, env={"REDIS_URL": DOWN}, input="stream_id\n5\n")
@@ -583,3 +589,50 @@ def test_demo_notices_a_dead_worker_and_keeps_its_log(tmp_path: Path) -> None:
     kept = list(tmp_path.glob("streamctl-demo-*/worker.log"))
     assert len(kept) == 1 and "the worker's log is kept for you" in seen
     assert str(kept[0]) in seen.replace("\n", "")
+
+
+def test_a_running_reconnect_follows_through_a_redis_restart(tmp_path: Path) -> None:
+    port = free_port()
+    server = PrivateRedis(tmp_path, port=port).start()
+    process = subprocess.Popen(
+        command("reconnect", str(targets_file(tmp_path, 2)), "--expires", "60"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "REDIS_URL": f"redis://127.0.0.1:{port}/0"},
+    )
+    try:
+        wait_for_line(process, "following batch")
+        server.stop()
+        wait_for_line(process, "lost the connection to Redis")
+        server = PrivateRedis(tmp_path, port=port).start()
+        wait_for_line(process, "connected to Redis again")
+        code, out, err = interrupt(process)
+        assert code == 130 and "Traceback" not in err and out == ""
+    finally:
+        if process.poll() is None:
+            process.kill()
+        server.stop()
+
+
+def test_reconnect_from_a_terminal_says_it_reads_standard_input(tmp_path: Path) -> None:
+    import pty
+
+    controller, terminal = pty.openpty()
+    process = subprocess.Popen(
+        command("reconnect", "-", "--dry-run"),
+        stdin=terminal,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    os.close(terminal)
+    try:
+        wait_for_line(process, "reading targets from standard input", timeout=20)
+        os.write(controller, b'{"stream_id": 5}\n\x04')
+        out, _err = process.communicate(timeout=20)
+        assert process.returncode == 0 and json.loads(out)["stream_id"] == 5
+    finally:
+        os.close(controller)
+        if process.poll() is None:
+            process.kill()

@@ -33,7 +33,13 @@ from worker.broker.messages import chunk_kwargs, chunk_repr, chunk_sizes, split
 from worker.errors import IdempotencyConflict, StreamctlError
 from worker.model.results import Outcome
 from worker.model.targets import CloseJob
-from worker.produce.producer import PUBLISH_RETRY_POLICY, EnqueueError, check_expires, close_kwargs
+from worker.produce.producer import (
+    PUBLISH_RETRY_POLICY,
+    EnqueueError,
+    cause,
+    check_expires,
+    close_kwargs,
+)
 from worker.produce.targetfile import InvalidLines, TargetList, read_targets
 from worker.store.batches import BatchState, check_batch_id
 from worker.store.jobs import JobState
@@ -131,7 +137,7 @@ class BatchSender:
                 )
             self.batches.create(batch_id, len(records), rate=rate)
         except redis.RedisError as exc:
-            raise EnqueueError(f"Redis at REDIS_URL is unreachable: {type(exc).__name__}") from None
+            raise EnqueueError(f"Redis at REDIS_URL is unreachable: {cause(exc)}") from None
         try:
             # The targets are kept once the first messages are out: they are read only after
             # the batch has ended (--retry-failed).
