@@ -54,11 +54,17 @@ def no_worker_env(redis_url: str) -> dict[str, str]:
 
 
 def wait_for_line(process: subprocess.Popen[str], needle: str, timeout: float = 30) -> str:
-    """Read the process's stderr until a line holds ``needle``; returns what was read."""
+    """Read the process's stderr until a line holds ``needle``; fails (never hangs) past
+    ``timeout``. Returns what was read."""
+    import select
+
     assert process.stderr is not None
     seen = ""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    while (left := deadline - time.monotonic()) > 0:
+        ready, _, _ = select.select([process.stderr], [], [], left)
+        if not ready:
+            break
         line = process.stderr.readline()
         if not line and process.poll() is not None:
             break
