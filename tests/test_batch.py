@@ -86,8 +86,10 @@ def test_reconnect_validates_dedupes_and_summarises(
 
     done = run("reconnect", str(path), "--skip-invalid")
     assert done.exit_code == 0, done.stderr
-    batch_id = done.stdout.splitlines()[0]
-    summary = json.loads(done.stdout.splitlines()[-1])
+    # stdout is the summary alone (scripts pipe it to jq); the batch id is in it and on stderr.
+    summary = json.loads(done.stdout)
+    batch_id = summary["batch_id"]
+    assert f"enqueued batch {batch_id}" in done.stderr
     assert list(summary) == list(BATCH_SUMMARY_FIELDS)
     assert summary["type"] == "batch" and summary["batch_id"] == batch_id
     assert summary["total"] == 290
@@ -153,6 +155,21 @@ def test_cancel_ends_unsent_jobs_cancelled(
         if json.loads(result)["outcome"] == "cancelled":
             assert sandbox.requests_for(target) == []
 
+    # Cancelled jobs are not "failed": they are sent again only when asked.
+    cancelled_streams = sorted(
+        target["stream"]
+        for job_id, target in jobs.items()
+        if json.loads(batches.redis.get(f"streamctl:job:{job_id}:result") or "{}")["outcome"]
+        == "cancelled"
+    )
+    assert run("batch", batch_id, "--failed").stdout == ""
+    with_cancelled = run("batch", batch_id, "--failed", "--include-cancelled")
+    assert sorted(json.loads(line)["stream"] for line in with_cancelled.stdout.splitlines()) == (
+        cancelled_streams
+    )
+    again = run("reconnect", "--retry-failed", batch_id)
+    assert again.exit_code == 0 and "nothing to send again" in again.stderr
+
 
 def test_retry_failed_sends_only_the_failed_ones(tmp_path: Path, worker: Any, sandbox: Any) -> None:
     targets = names("retry", 6)
@@ -160,12 +177,13 @@ def test_retry_failed_sends_only_the_failed_ones(tmp_path: Path, worker: Any, sa
         sandbox.inject(target, "refuse", times=1, code="0009")
     first = run("reconnect", str(write_csv(tmp_path / "t.csv", targets)))
     assert first.exit_code == 1  # not every job succeeded
-    first_batch = first.stdout.splitlines()[0]
-    assert json.loads(first.stdout.splitlines()[-1])["counts"]["failure"] == 2
+    first_summary = json.loads(first.stdout)
+    first_batch = first_summary["batch_id"]
+    assert first_summary["counts"]["failure"] == 2
 
     again = run("reconnect", "--retry-failed", first_batch)
     assert again.exit_code == 0, again.stderr
-    assert json.loads(again.stdout.splitlines()[-1])["total"] == 2
+    assert json.loads(again.stdout)["total"] == 2
     assert [len(sandbox.requests_for(t)) for t in targets] == [2, 2, 1, 1, 1, 1]
 
 

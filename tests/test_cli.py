@@ -35,9 +35,10 @@ def test_close_wait_prints_the_result_and_exits_0(worker: Any, sandbox: Any) -> 
         "close", "--app", "demo-origin", "--inst", "live", "--stream", stream, "--wait"
     )
     assert done.returncode == 0, done.stderr
-    job_id, result_line = done.stdout.strip().splitlines()
-    result = json.loads(result_line)
-    assert result["job_id"] == job_id
+    # stdout is exactly one JSON document (``| jq .outcome`` works); it holds the job id.
+    result = json.loads(done.stdout)
+    job_id = result["job_id"]
+    assert f"enqueued job {job_id}" in done.stderr
     assert result["outcome"] == "success"
     assert result["target"] == {"app": "demo-origin", "inst": "live", "stream": stream}
 
@@ -47,7 +48,7 @@ def test_close_wait_exits_1_on_a_refusal(worker: Any, sandbox: Any) -> None:
     sandbox.inject({"stream_id": stream_id}, "refuse", times=1, code="0005")
     done = streamctl("close", "--stream-id", str(stream_id), "--wait")
     assert done.returncode == 1
-    assert json.loads(done.stdout.splitlines()[-1])["outcome"] == "failure"
+    assert json.loads(done.stdout)["outcome"] == "failure"
 
 
 def test_close_without_wait_prints_the_job_id(worker: Any, producer: Any) -> None:

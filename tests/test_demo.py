@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -14,6 +15,9 @@ pytestmark = pytest.mark.e2e
 def test_demo_runs_end_to_end_and_cleans_up(tmp_path: object) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SCALEENGINE_", "STREAMCTL_"))}
     env.pop("REDIS_URL", None)  # the demo must not need a Redis of anyone else's
+    temp = Path(str(tmp_path)) / "tmp"
+    temp.mkdir()
+    env["TMPDIR"] = str(temp)  # where the demo's temporary folder goes
     done = subprocess.run(
         [sys.executable, "-m", "worker.cli", "demo", "--jobs", "12", "--concurrency", "4"],
         capture_output=True,
@@ -31,3 +35,5 @@ def test_demo_runs_end_to_end_and_cleans_up(tmp_path: object) -> None:
         ["pgrep", "-f", "worker.cli worker --concurrency 4"], capture_output=True
     )
     assert leftover.stdout.strip() == b""
+    # Nothing left in the temporary folder after a demo that went well (README says so).
+    assert list(temp.iterdir()) == []

@@ -47,10 +47,13 @@ def test_the_worker_command_installs_its_options_and_leaves_the_environment(
     assert "STREAMCTL_WORKER_CONCURRENCY" not in os.environ
 
 
-def test_a_bad_option_is_named_by_its_variable() -> None:
+def test_a_bad_value_from_the_environment_is_named_by_its_variable() -> None:
     import worker.cli.main as cli
 
-    outcome = CliRunner().invoke(cli.main, ["worker", "-c", "0"])
+    # A bad -c is named as the option typed (tests/test_operator.py); a bad variable by its name.
+    outcome = CliRunner().invoke(
+        cli.main, ["worker"], env={"STREAMCTL_WORKER_CONCURRENCY": "0"}
+    )
     assert outcome.exit_code != 0
     assert "STREAMCTL_WORKER_CONCURRENCY" in outcome.output
     assert "Traceback" not in outcome.output

@@ -81,10 +81,11 @@ def test_every_since_duration(since: str, seconds_ago: int) -> None:
 
 
 def test_since_keeps_its_other_forms_and_names_a_bad_one() -> None:
+    now = 1_700_000_000.0
     assert since_to_stream_id("all") == "0-0"
-    assert since_to_stream_id("0") == "0-0"
+    # A bare number is seconds, as everywhere else (issue #14); a whole stream id keeps its form.
+    assert since_to_stream_id("30", now=now) == f"{int((now - 30) * 1000)}-0"
     assert since_to_stream_id("1700000000000-3") == "1700000000000-3"
-    assert since_to_stream_id("1700000000000") == "1700000000000"  # a bare number: a stream id
     with pytest.raises(StreamctlError, match=r"--since: expected a duration .* not 'yesterday'"):
         since_to_stream_id("yesterday")
 

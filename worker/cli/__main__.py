@@ -2,4 +2,4 @@
 
 from worker.cli.main import main
 
-main()
+main(prog_name="streamctl")

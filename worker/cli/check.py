@@ -35,6 +35,7 @@ import click
 
 from config.settings import Settings, load_settings
 from config.urls import is_sentinel, mask_url
+from worker.cli.errors import friendly_errors
 from worker.errors import ApiError, ConfigError, TlsFailed
 
 CLOCK_WARN_SECONDS = 5.0
@@ -279,6 +280,7 @@ def _check_clock(date_header: str | None, before: float, after: float) -> Check:
 
 
 @click.command()
+@friendly_errors
 def check() -> None:
     """Check the configuration, Redis, the API, the clock, the workers, the queues and the
     latest closes' refusals; exit 1 on a problem."""

@@ -25,6 +25,12 @@ from collections.abc import Sequence
 
 import click
 
+from worker.cli.errors import friendly_errors
+from worker.errors import StreamctlError
+
+#: Flower's address unless --address (or FLOWER_ADDRESS, flowerconfig.py) says otherwise.
+LOOPBACK = "127.0.0.1"
+
 AUTH_HOWTO = """\
 streamctl flower: refusing to start without authentication: anyone who reaches Flower's port
 could enqueue closes and see every worker and job. Configure one of:
@@ -44,7 +50,7 @@ or pass --unauthenticated to start it open on purpose (behind your own authentic
 BASIC_AUTH_SOURCES = "basic auth (FLOWER_BASIC_AUTH, --basic-auth or flowerconfig.py)"
 
 
-class FlowerOptionError(click.UsageError):
+class FlowerOptionError(StreamctlError):
     """A Flower option streamctl refuses to start with (exit status 2)."""
 
 
@@ -121,6 +127,35 @@ def _check_the_options_flower_serves_with(unauthenticated: bool) -> None:
     flower.command.extract_settings = checked_extract_settings
 
 
+def join_option_values(argv: list[str]) -> list[str]:
+    """``--port 5555`` as ``--port=5555``: Flower (tornado) reads only the ``=`` form.
+
+    A ``--name`` that is one of Flower's options, not a flag, and followed by a value takes
+    that value, as every other command line does.
+    """
+    import flower.command  # noqa: F401  (defines Flower's options)
+    from tornado.options import options
+
+    joined: list[str] = []
+    index = 0
+    while index < len(argv):
+        arg = argv[index]
+        name = arg[2:]
+        takes_value = (
+            arg.startswith("--")
+            and "=" not in arg
+            and name in options
+            and not isinstance(getattr(options, name), bool)
+        )
+        if takes_value and index + 1 < len(argv) and not argv[index + 1].startswith("--"):
+            joined.append(f"{arg}={argv[index + 1]}")
+            index += 2
+            continue
+        joined.append(arg)
+        index += 1
+    return joined
+
+
 @click.command(
     context_settings={
         "ignore_unknown_options": True,
@@ -131,19 +166,42 @@ def _check_the_options_flower_serves_with(unauthenticated: bool) -> None:
 @click.option(
     "--unauthenticated",
     is_flag=True,
-    help="Start without authentication, on purpose (behind your own authenticating proxy).",
+    help="Start without authentication, pages and API open (behind your own proxy).",
 )
 @click.pass_context
+@friendly_errors
 def flower(ctx: click.Context, unauthenticated: bool) -> None:
-    """Start Flower for this app. Other options go to Flower, as --name=value (--port=5555)."""
-    argv = list(ctx.args)
+    """Start Flower for this app (on 127.0.0.1 unless --address). Other options go to Flower."""
+    from tornado.options import options
+
+    argv = join_option_values(list(ctx.args))
     if not auth_configured(argv) and not unauthenticated:
         click.echo(AUTH_HOWTO, err=True, nl=False)
         sys.exit(2)
+    if not options.address:
+        # Flower listens on every interface by default while it prints 127.0.0.1.
+        argv.append(f"--address={LOOPBACK}")
+    if not 1 <= options.port <= 65535:
+        raise FlowerOptionError(f"Flower's --port must be 1 to 65535, not {options.port}")
+    if unauthenticated and not auth_configured(argv):
+        # Flower answers its API with 401 unless this is set: --unauthenticated means open.
+        os.environ.setdefault("FLOWER_UNAUTHENTICATED_API", "true")
+        click.echo(
+            f"streamctl flower: no authentication: the pages and the API (which enqueues "
+            f"closes) are open to anyone who reaches {options.address or LOOPBACK}:{options.port}",
+            err=True,
+        )
     from worker.broker.app import app
 
     # Flower enqueues through the app's task registry: load the task modules the worker loads,
     # or async-apply would answer 404 for scaleengine.stream.close.
     app.loader.import_default_modules()
     _check_the_options_flower_serves_with(unauthenticated)
-    sys.exit(app.start(["flower", *argv]) or 0)
+    try:
+        code = app.start(["flower", *argv])
+    except OSError as exc:
+        raise StreamctlError(
+            f"flower: cannot listen on {options.address or LOOPBACK}:{options.port}: "
+            f"{exc.strerror or exc} (pick another --port)"
+        ) from None
+    sys.exit(code or 0)

@@ -6,16 +6,18 @@ import contextlib
 import importlib
 import json
 import sys
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from worker.broker.links import PRELOADED_FOR_WORKERS
 from worker.cli.beat import beat
 from worker.cli.check import check
-from worker.cli.errors import friendly_errors
+from worker.cli.errors import EXIT_INTERRUPTED, PORT, emit, friendly_errors
 from worker.cli.flower import flower
-from worker.cli.reconnect import batch, reconnect
+from worker.cli.reconnect import POSITIVE_SECONDS, batch, reconnect
+from worker.errors import StreamctlError
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -24,7 +26,31 @@ if TYPE_CHECKING:
 _friendly_errors = friendly_errors
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("streamctl")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown (not installed)"
+
+
+class _Commands(click.Group):
+    """Lists each command with its whole one-line summary (click cuts them at ~45 columns)."""
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = []
+        for name in self.list_commands(ctx):
+            command = self.get_command(ctx, name)
+            if command is not None and not command.hidden:
+                rows.append((name, command.get_short_help_str(limit=1_000)))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(_version(), "--version", "-V", prog_name="streamctl")
 def main() -> None:
     """Close ScaleEngine live streams through a Celery job queue."""
 
@@ -36,11 +62,15 @@ def main() -> None:
 @click.option("--stream-id", type=int, help="Close by stream id instead.")
 @click.option("--origin-url", help="Origin to call (default: SCALEENGINE_ORIGIN_URL, if set).")
 @click.option(
-    "--expires", type=float, help="Seconds until the job expires (default: STREAMCTL_JOB_EXPIRY)."
+    "--expires",
+    type=POSITIVE_SECONDS,
+    help="Seconds until the job expires (default: STREAMCTL_JOB_EXPIRY).",
 )
 @click.option("--job-id", help="Your own job id: an idempotency key.")
 @click.option("--wait", is_flag=True, help="Wait for the result, print it, exit 0 only on success.")
-@click.option("--timeout", type=float, help="With --wait: seconds to wait (default: until expiry).")
+@click.option(
+    "--timeout", type=POSITIVE_SECONDS, help="With --wait: seconds to wait (default: until expiry)."
+)
 @_friendly_errors
 def close(
     app_name: str | None,
@@ -53,10 +83,14 @@ def close(
     wait: bool,
     timeout: float | None,
 ) -> None:
-    """Enqueue one close and print its job id."""
+    """Enqueue one close: print its job id, or with --wait its result (JSON)."""
     from worker.produce.producer import Producer
     from worker.store.results_log import wait_for_result
 
+    if job_id is not None and not job_id.strip():
+        raise click.BadParameter("must not be empty", param_hint="'--job-id'")
+    # Stripped as the target-file reader strips its cells: ' x' and 'x' are one stream.
+    app_name, inst, stream = (None if v is None else v.strip() for v in (app_name, inst, stream))
     producer = Producer()
     job_id = producer.close(
         app=app_name,
@@ -67,23 +101,58 @@ def close(
         expires=expires,
         job_id=job_id,
     )
-    click.echo(job_id)
     if not wait:
+        emit(job_id)
         return
+    # With --wait stdout is the result alone (it holds the job id): ``| jq .outcome`` works.
     settings = producer.settings
     limit = timeout if timeout is not None else (expires or settings.job_expiry) + 30
-    result = wait_for_result(
-        producer.state.redis,
-        settings.results_channel,
-        job_id,
-        timeout=limit,
-        state_lookup=producer.state.final_result,
-    )
+    try:
+        click.echo(f"enqueued job {job_id}; waiting for its result", err=True)
+        result = wait_for_result(
+            producer.state.redis,
+            settings.results_channel,
+            job_id,
+            timeout=limit,
+            state_lookup=producer.state.final_result,
+            on_quiet=_quiet_notice(f"job {job_id}", limit, lambda: producer.state.attempts(job_id)),
+        )
+    except KeyboardInterrupt:
+        click.echo(
+            f"\nstreamctl: stopped waiting; job {job_id} goes on and ends on its own "
+            f"(its result: streamctl watch --since 1h | grep {job_id})",
+            err=True,
+        )
+        sys.exit(EXIT_INTERRUPTED)
     if result is None:
         click.echo(f"streamctl: no result for job {job_id} within {limit:g} s", err=True)
         sys.exit(3)
-    click.echo(json.dumps(result, ensure_ascii=False))
+    emit(json.dumps(result, ensure_ascii=False))
     sys.exit(0 if result.get("outcome") == "success" else 1)
+
+
+def _quiet_notice(
+    what: str, limit: float, attempts: Callable[[], list[Any]]
+) -> Callable[[float], None]:
+    """A line on stderr while no result comes: a retry's wait or a missing worker shows."""
+
+    def notice(waited: float) -> None:
+        tried = attempts()
+        if tried:
+            last = tried[-1]
+            how = last.error or f"HTTP {last.http_status}"
+            state = (
+                f"{len(tried)} request(s) so far, the last ended {how}; "
+                "the worker tries again later (a Celery retry waits up to a minute)"
+            )
+        else:
+            state = "no request sent yet: is a worker running? (streamctl worker)"
+        click.echo(
+            f"still waiting for {what} after {waited:.0f} s (up to {limit:g} s): {state}",
+            err=True,
+        )
+
+    return notice
 
 
 def run_celery_worker(app: Celery, argv: list[str]) -> int:
@@ -108,11 +177,14 @@ def run_celery_worker(app: Celery, argv: list[str]) -> int:
 
 @main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
 @click.option(
-    "--concurrency", "-c", type=int, help="Threads (default: STREAMCTL_WORKER_CONCURRENCY)."
+    "--concurrency",
+    "-c",
+    type=click.IntRange(min=1),
+    help="Threads (default: STREAMCTL_WORKER_CONCURRENCY).",
 )
 @click.option(
     "--processes",
-    type=int,
+    type=click.IntRange(min=1),
     help="Worker processes, each with --concurrency threads (default: STREAMCTL_WORKER_PROCESSES).",
 )
 @click.option("--loglevel", "-l", default=None, help="Log level (default: STREAMCTL_LOG_LEVEL).")
@@ -173,40 +245,73 @@ def worker(
 
 
 @main.command()
-@click.option("--since", help="Replay from the results log first: 10m, 2h, all, or a stream id.")
+@click.option(
+    "--since", help="Replay from the results log first: 30 (seconds), 10m, 2h, all, or an entry id."
+)
 @_friendly_errors
 def watch(since: str | None) -> None:
-    """Print results as JSON lines as they arrive."""
+    """Print results as JSON lines as they arrive (Ctrl-C stops)."""
     from config.settings import get_settings
     from worker.store.redis import redis_client
     from worker.store.results_log import follow
 
     settings = get_settings()
     client = redis_client(settings)
-    with contextlib.suppress(KeyboardInterrupt):
-        for _entry_id, result in follow(client, settings.results_log, since=since):
-            click.echo(json.dumps(result, ensure_ascii=False))
+
+    def notify(text: str) -> None:
+        click.echo(f"streamctl watch: {text}", err=True)
+
+    try:
+        for _entry_id, result in follow(client, settings.results_log, since=since, notify=notify):
+            if not emit(json.dumps(result, ensure_ascii=False)):
+                return  # the reader went away (| head): done, not an error
+    except KeyboardInterrupt:
+        sys.exit(EXIT_INTERRUPTED)
 
 
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Loopback address to bind.")
-@click.option("--port", default=8089, show_default=True, type=int)
+@click.option("--port", default=8089, show_default=True, type=PORT)
 @_friendly_errors
 def sandbox(host: str, port: int) -> None:
     """Serve a local ScaleEngine-compatible API (for tests and demos)."""
     from config.settings import get_settings
+    from config.urls import is_loopback_host
     from worker.dev.sandbox import Sandbox
 
+    if not is_loopback_host(host):
+        raise click.BadParameter(
+            f"the sandbox serves loopback addresses only (127.0.0.1, ::1), not {host!r}",
+            param_hint="'--host'",
+        )
     cdn, api_key, secret = get_settings().require_credentials()
-    server = Sandbox(secret=secret, api_key=api_key, cdn=cdn, host=host, port=port)
+    try:
+        server = Sandbox(secret=secret, api_key=api_key, cdn=cdn, host=host, port=port)
+    except OSError as exc:
+        raise StreamctlError(
+            f"sandbox: cannot listen on {host}:{port}: {exc.strerror or exc} "
+            "(another sandbox running? pick another --port)"
+        ) from None
     click.echo(f"sandbox listening on {server.url}  (SCALEENGINE_API_URL={server.url})")
     with contextlib.suppress(KeyboardInterrupt):
         server.serve_forever()
 
 
 @main.command()
-@click.option("--jobs", default=40, show_default=True, help="Closes to enqueue.")
-@click.option("--concurrency", default=8, show_default=True, help="Worker threads.")
+@click.option(
+    "--jobs",
+    default=40,
+    show_default=True,
+    type=click.IntRange(1, 10_000),
+    help="Closes to enqueue.",
+)
+@click.option(
+    "--concurrency",
+    default=8,
+    show_default=True,
+    type=click.IntRange(1, 256),
+    help="Worker threads.",
+)
 @_friendly_errors
 def demo(jobs: int, concurrency: int) -> None:
     """Run everything locally: embedded Redis, sandbox with faults, a worker; enqueue closes."""
@@ -222,4 +327,4 @@ main.add_command(batch)
 main.add_command(beat)
 
 if __name__ == "__main__":
-    main()
+    main(prog_name="streamctl")

@@ -23,16 +23,23 @@ from rich.progress import (
 from rich.table import Table
 
 from config.units import parse_rate
-from worker.cli.errors import friendly_errors
+from worker.cli.errors import EXIT_INTERRUPTED, emit, friendly_errors
 from worker.errors import InvalidLines, StreamctlError
 from worker.model.results import OUTCOME_STYLE as STYLE
 from worker.model.results import Outcome
 
 if TYPE_CHECKING:
+    from worker.model.targets import CloseJob
     from worker.produce.batch import BatchSender, StartedBatch
 
 #: Exit codes: every job succeeded; some did not; no summary came in time (as ``close``).
 EXIT_OK, EXIT_NOT_ALL_SUCCEEDED, EXIT_NO_RESULT = 0, 1, 3
+#: Seconds without any result before saying so (no worker?), then between two such notices.
+QUIET_FIRST, QUIET_EVERY = 10.0, 30.0
+#: Off a terminal (a log, a CI job): a progress line every this many seconds.
+PLAIN_PROGRESS_EVERY = 5.0
+#: Durations that must be positive.
+POSITIVE_SECONDS = click.FloatRange(min=0, min_open=True)
 
 
 def _rate(_ctx: click.Context, _param: click.Parameter, value: str | None) -> float | None:
@@ -59,7 +66,9 @@ def _rate(_ctx: click.Context, _param: click.Parameter, value: str | None) -> fl
     "--rate", callback=_rate, help="Cap this batch, e.g. 50/s or 600/m (below the global limit)."
 )
 @click.option(
-    "--expires", type=float, help="Seconds until the jobs expire (default: STREAMCTL_JOB_EXPIRY)."
+    "--expires",
+    type=POSITIVE_SECONDS,
+    help="Seconds until the jobs expire (default: STREAMCTL_JOB_EXPIRY).",
 )
 @click.option(
     "--retry-failed",
@@ -67,7 +76,14 @@ def _rate(_ctx: click.Context, _param: click.Parameter, value: str | None) -> fl
     metavar="BATCH_ID",
     help="Send again, as a new batch, the jobs of an earlier batch that did not succeed.",
 )
-@click.option("--timeout", type=float, help="Seconds to wait for the summary (default: expiry).")
+@click.option(
+    "--include-cancelled",
+    is_flag=True,
+    help="With --retry-failed: send the cancelled jobs again too.",
+)
+@click.option(
+    "--timeout", type=POSITIVE_SECONDS, help="Seconds to wait for the summary (default: expiry)."
+)
 @friendly_errors
 def reconnect(
     file: str | None,
@@ -78,9 +94,13 @@ def reconnect(
     rate: float | None,
     expires: float | None,
     retry_batch: str | None,
+    include_cancelled: bool,
     timeout: float | None,
 ) -> None:
-    """Close every stream named in FILE ('-': standard input) as one batch, and follow it."""
+    """Close every stream named in FILE ('-': standard input) as one batch, and follow it.
+
+    Prints the summary (JSON) on stdout; the batch id and progress go to stderr.
+    """
     from worker.produce.batch import BatchSender
     from worker.produce.targetfile import read_targets
 
@@ -89,13 +109,19 @@ def reconnect(
         raise StreamctlError("give a FILE of targets, or --retry-failed BATCH_ID (not both)")
     sender = BatchSender()
     if retry_batch is not None:
-        jobs = sender.failed_jobs(retry_batch)
+        jobs = _failed_jobs(sender, retry_batch, include_cancelled=include_cancelled)
         if not jobs:
-            err.print(f"every job of batch {retry_batch} succeeded: nothing to send again")
+            left_out = "" if include_cancelled else " (cancelled ones too: --include-cancelled)"
+            err.print(
+                f"no job of batch {retry_batch} failed: nothing to send again{left_out}",
+                highlight=False,
+            )
             return
         err.print(f"{len(jobs)} job(s) of batch {retry_batch} did not succeed")
     else:
         assert file is not None
+        if file == "-" and sys.stdin.isatty():
+            err.print("reading targets from standard input (CSV or JSON lines); end with Ctrl-D")
         targets = read_targets(file, fmt=fmt)
         if targets.errors and not skip_invalid:
             raise InvalidLines(targets.errors)
@@ -104,66 +130,192 @@ def reconnect(
         if targets.duplicates:
             err.print(f"{targets.duplicates} duplicate target(s) will be closed once")
         jobs = targets.jobs
+    _warn_if_rate_outlasts_expiry(err, len(jobs), rate, expires or sender.settings.job_expiry)
     started = sender.start(jobs, rate=rate, expires=expires, dry_run=dry_run)
     if dry_run:
         for job in jobs:
-            click.echo(json.dumps({**job.target.as_fields(), "origin_url": job.origin_url}))
+            emit(json.dumps(_target_line(job)))
         err.print(f"dry run: {started.total} close(s) would be sent; nothing was enqueued")
         return
-    click.echo(started.batch_id)
     err.print(
         f"enqueued batch {started.batch_id}: {started.total} job(s) "
-        f"in {started.enqueue_seconds:.2f} s"
+        f"in {started.enqueue_seconds:.2f} s",
+        highlight=False,
     )
     if no_wait:
+        emit(started.batch_id)
         return
-    summary = _follow_with_progress(err, started, timeout, sender)
+    _follow_to_the_end(err, started, timeout, sender, counts={})
+
+
+def _target_line(job: CloseJob) -> dict[str, Any]:
+    """A job as a line of a JSON-lines target file (what ``reconnect`` reads)."""
+    return {**job.target.as_fields(), "origin_url": job.origin_url}
+
+
+def _failed_jobs(sender: BatchSender, batch_id: str, *, include_cancelled: bool) -> list[CloseJob]:
+    """The jobs of an ended batch that did not succeed (cancelled ones only when asked)."""
+    from worker.model.targets import CloseJob
+
+    if include_cancelled:
+        return sender.failed_jobs(batch_id)
+    records = sender.batches.jobs(batch_id)
+    results = sender.jobs.final_results(list(records))
+    cancelled = {
+        CloseJob.parse(records[job_id]).target.key
+        for job_id, result in results.items()
+        if result is not None and result.get("outcome") == Outcome.CANCELLED
+    }
+    return [job for job in sender.failed_jobs(batch_id) if job.target.key not in cancelled]
+
+
+def _warn_if_rate_outlasts_expiry(
+    err: Console, total: int, rate: float | None, expires: float
+) -> None:
+    if rate is None or not rate > 0 or total / rate <= expires:
+        return
+    late = total - int(rate * expires)
+    err.print(
+        f"[yellow]warning:[/] at {rate:g}/s, {total} job(s) take {total / rate:.0f} s to send, "
+        f"longer than their expiry ({expires:g} s): about {late} will end expired. "
+        "Raise --expires or --rate.",
+        highlight=False,
+    )
+
+
+def _follow_to_the_end(
+    err: Console,
+    started: StartedBatch,
+    timeout: float | None,
+    sender: BatchSender,
+    counts: dict[str, int],
+) -> None:
+    """Follow the batch to its summary, print it, and exit as ``reconnect`` does."""
+    try:
+        summary = _follow_with_progress(err, started, timeout, sender, counts)
+    except KeyboardInterrupt:
+        err.print(
+            f"\nstopped following batch {started.batch_id}; the batch goes on.\n"
+            f"  follow it:  streamctl batch {started.batch_id} --wait\n"
+            f"  stop it:    streamctl batch {started.batch_id} --cancel",
+            highlight=False,
+        )
+        sys.exit(EXIT_INTERRUPTED)
     if summary is None:
-        err.print(f"[red]no summary for batch {started.batch_id} in time[/]")
+        err.print(
+            f"[red]no summary for batch {started.batch_id} in time[/] (it may go on: "
+            f"streamctl batch {started.batch_id})",
+            highlight=False,
+        )
         sys.exit(EXIT_NO_RESULT)
     _print_summary(err, summary)
     succeeded = summary["counts"].get(Outcome.SUCCESS, 0) == summary["total"]
     sys.exit(EXIT_OK if succeeded else EXIT_NOT_ALL_SUCCEEDED)
 
 
+def _outcomes_text(counts: dict[str, int], *, styled: bool) -> str:
+    return " ".join(
+        f"[{STYLE.get(name, 'white')}]{name} {count}[/]" if styled else f"{name} {count}"
+        for name, count in sorted(counts.items())
+        if count
+    )
+
+
 def _follow_with_progress(
-    err: Console, started: StartedBatch, timeout: float | None, sender: BatchSender
+    err: Console,
+    started: StartedBatch,
+    timeout: float | None,
+    sender: BatchSender,
+    counts: dict[str, int],
 ) -> dict[str, Any] | None:
     from worker.produce.batch import wait_for_batch
 
-    counts: dict[str, int] = {}
     begun = time.monotonic()
+    quiet = {"next": begun + QUIET_FIRST, "plain": begun + PLAIN_PROGRESS_EVERY}
+
+    def notify(text: str) -> None:
+        err.print(f"streamctl: {text}", highlight=False)
+
+    def done() -> int:
+        return sum(counts.values())
+
+    def say_if_quiet() -> None:
+        now = time.monotonic()
+        if done() == 0 and now >= quiet["next"]:
+            notify(
+                f"no result yet after {now - begun:.0f} s: is a worker running? (streamctl worker)"
+            )
+            quiet["next"] += QUIET_EVERY
+        if not err.is_terminal and now >= quiet["plain"]:
+            err.print(
+                f"batch {started.batch_id}: {done()}/{started.total} "
+                f"{_outcomes_text(counts, styled=False)}",
+                highlight=False,
+                markup=False,
+            )
+            quiet["plain"] = now + PLAIN_PROGRESS_EVERY
+
+    def count(result: dict[str, Any]) -> None:
+        outcome = str(result.get("outcome"))
+        counts[outcome] = counts.get(outcome, 0) + 1
+
+    err.print(f"following batch {started.batch_id} (Ctrl-C stops following, not the batch)")
+    if not err.is_terminal:
+
+        def on_plain_result(result: dict[str, Any]) -> None:
+            count(result)
+            say_if_quiet()
+
+        return wait_for_batch(
+            started,
+            timeout=timeout,
+            on_result=on_plain_result,
+            sender=sender,
+            notify=notify,
+            on_idle=say_if_quiet,
+        )
+
+    # Fits 80 columns with three outcomes: the batch id is printed above, not in the bar.
     columns = (
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
+        BarColumn(bar_width=14),
         MofNCompleteColumn(),
         TextColumn("{task.fields[outcomes]}"),
         TextColumn("{task.fields[rate]}"),
         TimeRemainingColumn(),
     )
     with Progress(*columns, console=err, transient=False) as progress:
-        task = progress.add_task(started.batch_id, total=started.total, outcomes="", rate="")
+        task = progress.add_task(
+            "",
+            total=started.total,
+            completed=done(),
+            outcomes=_outcomes_text(counts, styled=True),
+            rate="",
+        )
 
         def on_result(result: dict[str, Any]) -> None:
-            outcome = str(result.get("outcome"))
-            counts[outcome] = counts.get(outcome, 0) + 1
-            done = sum(counts.values())
-            per_second = done / max(time.monotonic() - begun, 1e-6)
+            count(result)
+            per_second = done() / max(time.monotonic() - begun, 1e-6)
             progress.update(
                 task,
-                completed=done,
-                outcomes=" ".join(
-                    f"[{STYLE.get(name, 'white')}]{name} {count}[/]"
-                    for name, count in sorted(counts.items())
-                ),
+                completed=done(),
+                outcomes=_outcomes_text(counts, styled=True),
                 rate=f"{per_second:.0f}/s",
             )
 
-        return wait_for_batch(started, timeout=timeout, on_result=on_result, sender=sender)
+        return wait_for_batch(
+            started,
+            timeout=timeout,
+            on_result=on_result,
+            sender=sender,
+            notify=notify,
+            on_idle=say_if_quiet,
+        )
 
 
 def _print_summary(err: Console, summary: dict[str, Any]) -> None:
-    table = Table(title=f"batch {summary['batch_id']}")
+    # The id above the table, not as its title: a title wraps at the table's narrow width.
+    err.print(f"batch {summary['batch_id']}", highlight=False)
+    table = Table()
     table.add_column("outcome")
     table.add_column("jobs", justify="right")
     for name, count in summary["counts"].items():
@@ -172,28 +324,73 @@ def _print_summary(err: Console, summary: dict[str, Any]) -> None:
     table.add_row("total", str(summary["total"]))
     err.print(table)
     err.print(f"started {summary['started_at']}, finished {summary['finished_at']}")
-    click.echo(json.dumps(summary, ensure_ascii=False))
+    emit(json.dumps(summary, ensure_ascii=False))
 
 
 @click.command()
 @click.argument("batch_id")
 @click.option("--cancel", is_flag=True, help="Stop the batch: jobs not yet sent end cancelled.")
+@click.option(
+    "--wait", is_flag=True, help="Follow the batch to its summary; exit status as reconnect."
+)
+@click.option(
+    "--failed",
+    is_flag=True,
+    help="Print the targets that did not succeed, as a target file reconnect reads.",
+)
+@click.option(
+    "--include-cancelled", is_flag=True, help="With --failed: the cancelled jobs' targets too."
+)
+@click.option("--timeout", type=POSITIVE_SECONDS, help="With --wait: seconds to wait.")
 @friendly_errors
-def batch(batch_id: str, cancel: bool) -> None:
+def batch(
+    batch_id: str,
+    cancel: bool,
+    wait: bool,
+    failed: bool,
+    include_cancelled: bool,
+    timeout: float | None,
+) -> None:
     """Show a batch's progress, or its summary once it ended (JSON)."""
-    from config.settings import get_settings
-    from worker.store.batches import BatchState
-    from worker.store.redis import redis_client
+    from worker.produce.batch import BatchSender, StartedBatch, log_position
+    from worker.store.batches import check_batch_id
 
-    settings = get_settings()
-    state = BatchState(redis_client(settings), ttl_seconds=settings.result_ttl)
+    check_batch_id(batch_id)
+    sender = BatchSender()
+    state = sender.batches
+    if failed:
+        for job in _failed_jobs(sender, batch_id, include_cancelled=include_cancelled):
+            if not emit(json.dumps(_target_line(job))):
+                return
+        return
     if cancel:
-        before = state.cancel(batch_id)
+        before = state.progress(batch_id)
+        if before.finished:
+            click.echo(
+                f"streamctl: batch {batch_id} had ended already "
+                f"({before.done} of {before.total} job(s)); nothing to cancel",
+                err=True,
+            )
+            sys.exit(EXIT_NOT_ALL_SUCCEEDED)
+        state.cancel(batch_id)
         click.echo(
             f"cancelled batch {batch_id}: {before.done} of {before.total} job(s) had ended; "
             "the rest end as cancelled unless already being sent",
             err=True,
         )
+    if wait:
+        # The log position first, then the state: a result in between is counted once.
+        since = log_position(sender.redis, sender.settings.results_log)
+        progress = state.progress(batch_id)
+        err = Console(stderr=True)
+        if progress.summary is not None:
+            _print_summary(err, progress.summary)
+            succeeded = progress.summary["counts"].get(Outcome.SUCCESS, 0) == progress.total
+            sys.exit(EXIT_OK if succeeded else EXIT_NOT_ALL_SUCCEEDED)
+        expiry = float(sender.settings.job_expiry)
+        started = StartedBatch(batch_id, [""] * progress.total, since, expiry, 0.0)
+        counts = {name: count for name, count in progress.counts.items() if count}
+        _follow_to_the_end(err, started, timeout, sender, counts=counts)
     progress = state.progress(batch_id)
     shown = progress.summary if progress.summary is not None else progress.to_dict()
-    click.echo(json.dumps(shown, ensure_ascii=False))
+    emit(json.dumps(shown, ensure_ascii=False))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -26,6 +27,8 @@ from worker.dev.embedded_redis import EmbeddedRedis
 from worker.model.results import OUTCOME_STYLE as STYLE
 
 DEMO_CDN = 1
+#: Seconds the demo waits for all its results (its jobs expire after 120 s).
+DEMO_DEADLINE = 180.0
 #: Fast retries so the demo shows them within seconds; the invariants of Settings still hold.
 DEMO_TUNING = {
     "STREAMCTL_BACKOFF_INITIAL": "0.3",
@@ -85,8 +88,31 @@ def _label(target: dict[str, Any]) -> str:
 
 
 def run_demo(*, jobs: int = 40, concurrency: int = 8) -> int:
+    """Run the demo; 0 when it went as planned. Its temporary folder is removed, unless the
+    demo failed: then the worker's log is kept there, and its path printed."""
+    if jobs < 1 or concurrency < 1:
+        raise ValueError("the demo needs at least one job and one worker thread")
     console = Console()
     workdir = Path(tempfile.mkdtemp(prefix="streamctl-demo-"))
+    outcome: list[int] = []
+
+    def keep_log() -> bool:
+        return outcome != [0] and (workdir / "worker.log").exists()
+
+    try:
+        outcome.append(_run(console, workdir, jobs=jobs, concurrency=concurrency))
+        return outcome[0]
+    except BaseException:
+        outcome.append(1)
+        raise
+    finally:
+        if keep_log():
+            console.print(f"the worker's log is kept for you: {workdir / 'worker.log'}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _run(console: Console, workdir: Path, *, jobs: int, concurrency: int) -> int:
     redis_server = EmbeddedRedis()
     worker: subprocess.Popen[bytes] | None = None
     sandbox: Any = None
@@ -145,17 +171,38 @@ def run_demo(*, jobs: int = 40, concurrency: int = 8) -> int:
         console.print(f"enqueued {len(job_ids)} closes\n")
 
         results: dict[str, dict[str, Any]] = {}
-        deadline = time.monotonic() + 180
-        for _entry, result in follow(
-            producer.state.redis, producer.settings.results_log, since=start_id
-        ):
-            if result.get("job_id") not in job_ids or result["job_id"] in results:
-                continue
-            results[result["job_id"]] = result
-            _print_result(console, result)
-            if len(results) == len(job_ids) or time.monotonic() > deadline:
-                break
-        return _summary(console, results, len(job_ids), sandbox.stats())
+        running = worker
+
+        class WorkerDied(Exception):
+            pass
+
+        def check_worker() -> None:
+            # A worker that exits (bad settings, a crash) would otherwise leave the demo waiting.
+            if running.poll() is not None:
+                raise WorkerDied
+
+        try:
+            # The deadline is on the wait itself, not checked only when a result arrives.
+            for _entry, result in follow(
+                producer.state.redis,
+                producer.settings.results_log,
+                since=start_id,
+                stop_after=DEMO_DEADLINE,
+                on_idle=check_worker,
+            ):
+                if result.get("job_id") not in job_ids or result["job_id"] in results:
+                    continue
+                results[result["job_id"]] = result
+                _print_result(console, result)
+                if len(results) == len(job_ids):
+                    break
+                check_worker()
+        except WorkerDied:
+            console.print(f"[red]the worker exited (status {worker.returncode}) before the end[/]")
+        status = _summary(console, results, len(job_ids), sandbox.stats())
+        if worker.poll() is not None and worker.returncode not in (0, None):
+            status = 1
+        return status
     finally:
         if worker is not None:
             worker.terminate()

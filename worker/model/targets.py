@@ -91,9 +91,12 @@ def _check_stream_id(value: object) -> int:
     if isinstance(value, str) and value.isascii() and value.isdigit():
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidTarget(f"stream_id must be a positive integer, not {type(value).__name__}")
-    if not 0 < value <= MAX_STREAM_ID:
-        raise InvalidTarget(f"stream_id must be a positive integer, got {value}")
+        shown = repr(value) if len(repr(value)) <= 40 else f"{repr(value)[:37]}..."
+        raise InvalidTarget(f"stream_id must be a positive integer, not {shown}")
+    if value > MAX_STREAM_ID:
+        raise InvalidTarget(f"stream_id {value} is out of range (the largest is {MAX_STREAM_ID})")
+    if value <= 0:
+        raise InvalidTarget(f"stream_id must be a positive integer, not {value}")
     return value
 
 

@@ -33,7 +33,12 @@ from worker.broker.messages import chunk_kwargs, chunk_repr, chunk_sizes, split
 from worker.errors import EnqueueError, IdempotencyConflict, InvalidLines, StreamctlError
 from worker.model.results import Outcome
 from worker.model.targets import CloseJob
-from worker.produce.producer import PUBLISH_RETRY_POLICY, check_expires, close_kwargs
+from worker.produce.producer import (
+    PUBLISH_RETRY_POLICY,
+    cause,
+    check_expires,
+    close_kwargs,
+)
 from worker.produce.targetfile import TargetList, read_targets
 from worker.store.batches import BatchState, check_batch_id
 from worker.store.decode import text
@@ -128,7 +133,7 @@ class BatchSender:
                 )
             self.batches.create(batch_id, len(records), rate=rate)
         except redis.RedisError as exc:
-            raise EnqueueError(f"Redis at REDIS_URL is unreachable: {type(exc).__name__}") from None
+            raise EnqueueError(f"Redis at REDIS_URL is unreachable: {cause(exc)}") from None
         try:
             # The targets are kept once the first messages are out: they are read only after
             # the batch has ended (--retry-failed).
@@ -237,12 +242,17 @@ def follow_batch(
     batch: StartedBatch,
     *,
     timeout: float,
+    notify: Callable[[str], None] | None = None,
+    on_idle: Callable[[], None] | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Yield the batch's job results, then its summary (the last item), from the results log.
 
-    Stops early, without a summary, when ``timeout`` seconds pass.
+    Stops early, without a summary, when ``timeout`` seconds pass. ``notify`` and ``on_idle``:
+    as for ``follow``.
     """
-    for _entry, message in follow(client, log_stream, since=batch.since, stop_after=timeout):
+    for _entry, message in follow(
+        client, log_stream, since=batch.since, stop_after=timeout, notify=notify, on_idle=on_idle
+    ):
         if message.get("batch_id") != batch.batch_id:
             continue
         yield message
@@ -284,11 +294,20 @@ def wait_for_batch(
     timeout: float | None = None,
     on_result: Callable[[dict[str, Any]], None] | None = None,
     sender: BatchSender | None = None,
+    notify: Callable[[str], None] | None = None,
+    on_idle: Callable[[], None] | None = None,
 ) -> dict[str, Any] | None:
     """Follow a batch to its summary (returned); None when ``timeout`` passes first."""
     sender = sender or BatchSender()
     limit = timeout if timeout is not None else started.expires + 60
-    for message in follow_batch(sender.redis, sender.settings.results_log, started, timeout=limit):
+    for message in follow_batch(
+        sender.redis,
+        sender.settings.results_log,
+        started,
+        timeout=limit,
+        notify=notify,
+        on_idle=on_idle,
+    ):
         if message.get("type") == "batch":
             return message
         if on_result is not None:

@@ -85,6 +85,17 @@ def close_kwargs(
     return kwargs
 
 
+def cause(exc: BaseException) -> str:
+    """Why a connection failed, in the client's words ("Connection refused"); for any other
+    error only its type (its text could quote anything)."""
+    from kombu.exceptions import OperationalError
+    from redis import RedisError
+
+    if isinstance(exc, RedisError | OSError | OperationalError) and str(exc).strip():
+        return f"{type(exc).__name__}: {str(exc).strip()}"
+    return type(exc).__name__
+
+
 class Producer:
     """Enqueues close-stream jobs. Thread-safe; keep one per process."""
 
@@ -127,7 +138,7 @@ class Producer:
         except IdempotencyConflict:
             raise
         except Exception as exc:
-            raise EnqueueError(f"Redis at REDIS_URL is unreachable: {type(exc).__name__}") from None
+            raise EnqueueError(f"Redis at REDIS_URL is unreachable: {cause(exc)}") from None
         if claimed is False:
             return job_id  # pending or done already: do not close the stream twice
         if claimed is None:
@@ -153,7 +164,7 @@ class Producer:
             with contextlib.suppress(Exception):
                 self.state.release_job_id(job_id, token, request)
             raise EnqueueError(
-                f"could not enqueue the job: the broker is unreachable ({type(exc).__name__})"
+                f"could not enqueue the job: the broker is unreachable ({cause(exc)})"
             ) from None
         # Published: a failure to record it only shortens how long the id stays deduplicated.
         with contextlib.suppress(Exception):

@@ -74,7 +74,8 @@ def _csv_rows(text: str) -> Iterator[tuple[int, Mapping[str, Any] | LineError]]:
         if not any(cell.strip() for cell in row):
             continue
         if header is None:
-            header = [cell.strip() for cell in row]
+            # Matched case-insensitively: a spreadsheet's "App,Inst,Stream" is meant the same.
+            header = [cell.strip().lower() for cell in row]
             unknown = [name for name in header if name not in JOB_FIELDS]
             if unknown or len(set(header)) != len(header):
                 yield (
@@ -117,18 +118,32 @@ def validate(records: Iterable[tuple[int, Mapping[str, Any] | LineError]]) -> Ta
     return TargetList(jobs=list(jobs.values()), errors=errors, duplicates=duplicates)
 
 
+def decode_utf8(data: bytes, name: str) -> str:
+    """The file's text; a file that is not UTF-8 is refused naming the line and the fix."""
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise StreamctlError(
+            f"{name}: line {line} is not UTF-8 (byte 0x{data[exc.start]:02x}); save the file as "
+            "UTF-8 (in a spreadsheet: CSV UTF-8) and try again"
+        ) from None
+
+
 def read_targets(source: str | Path | TextIO, *, fmt: str = "auto") -> TargetList:
     """Read and validate a CSV or JSON-lines target file (``"-"``: standard input)."""
     if isinstance(source, str | Path):
         if str(source) == "-":
             import sys
 
-            text = sys.stdin.read()
+            raw = getattr(sys.stdin, "buffer", None)
+            text = decode_utf8(raw.read(), "standard input") if raw else sys.stdin.read()
         else:
             try:
-                text = Path(source).read_text(encoding="utf-8-sig")
-            except (OSError, UnicodeDecodeError) as exc:
-                raise StreamctlError(f"cannot read {source}: {exc}") from None
+                data = Path(source).read_bytes()
+            except OSError as exc:
+                raise StreamctlError(f"cannot read {source}: {exc.strerror or exc}") from None
+            text = decode_utf8(data, str(source))
     else:
         text = source.read()
     return validate(_records(text, fmt))

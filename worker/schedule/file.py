@@ -85,7 +85,7 @@ class ScheduleEntry(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: str = Field(pattern=ENTRY_NAME.pattern)
+    name: str
     cron: str | None = None
     every: int | None = None
     targets: tuple[dict[str, Any], ...] | None = None
@@ -94,6 +94,17 @@ class ScheduleEntry(BaseModel):
     rate: float | None = None
     #: Seconds after enqueueing past which a job is not sent (default: STREAMCTL_JOB_EXPIRY).
     expires: float | None = Field(None, gt=0)
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, value: str) -> str:
+        # In words: a regular expression is no message for an operator.
+        if not ENTRY_NAME.match(value):
+            raise ValueError(
+                f"{value!r} is not a name: 1 to 40 letters, digits, '_', '.' and '-', "
+                "starting with a letter or digit"
+            )
+        return value
 
     @field_validator("every", mode="before")
     @classmethod
