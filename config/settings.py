@@ -152,6 +152,10 @@ class Settings(BaseSettings):
     batch_chunk: PositiveInt = 10
     #: Threads per worker. Closes are I/O bound (~0.4 s each), so threads, not processes.
     worker_concurrency: PositiveInt = 32
+    #: Threads per worker process that only urgent jobs use (worker.consume.lanes), besides
+    #: STREAMCTL_WORKER_CONCURRENCY: an urgent close starts at once however busy the bulk
+    #: threads are. 4 covers several operators at once; urgent work beyond it waits its turn.
+    urgent_threads: PositiveInt = 4
     #: Worker processes ``streamctl worker`` forks, each with STREAMCTL_WORKER_CONCURRENCY
     #: threads (worker.consume.processes). 1 here; about one and a half per core for big batches
     #: (README, Performance), as one process's threads queue for its one GIL.
@@ -189,6 +193,10 @@ class Settings(BaseSettings):
     #: A worker thread waits at most this long for the limiter; a job that would wait longer
     #: goes back to the broker with a countdown, so throttled jobs do not pin threads.
     throttle_hold: PositiveFloat = 5.0
+    #: Share of STREAMCTL_RATE_LIMIT that bulk work leaves to urgent work even when no urgent
+    #: job is waiting (0 to 0.9): bulk sends at most (1 - share) x the rate. 0, the default,
+    #: gives bulk the whole rate: an urgent request goes ahead of bulk ones anyway.
+    urgent_share: Annotated[float, Field(ge=0, le=0.9)] = 0.0
 
     # --- schedules (worker.schedule.file, ``streamctl beat``) -------------------------------------
     #: The schedule of mass reconnects, relative to the working directory: the repository's

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from config.lanes import Lane
 from worker.broker.links import PRELOADED_FOR_WORKERS
 from worker.cli.beat import beat
 from worker.cli.check import check
@@ -41,6 +42,13 @@ def main() -> None:
 @click.option("--job-id", help="Your own job id: an idempotency key.")
 @click.option("--wait", is_flag=True, help="Wait for the result, print it, exit 0 only on success.")
 @click.option("--timeout", type=float, help="With --wait: seconds to wait (default: until expiry).")
+@click.option(
+    "--lane",
+    type=click.Choice(["urgent", "bulk"]),
+    default="urgent",
+    show_default=True,
+    help="bulk: behind urgent work, at the pace of the batches.",
+)
 @_friendly_errors
 def close(
     app_name: str | None,
@@ -52,6 +60,7 @@ def close(
     job_id: str | None,
     wait: bool,
     timeout: float | None,
+    lane: Lane,
 ) -> None:
     """Enqueue one close and print its job id."""
     from worker.produce.producer import Producer
@@ -66,6 +75,7 @@ def close(
         origin_url=origin_url,
         expires=expires,
         job_id=job_id,
+        lane=lane,
     )
     click.echo(job_id)
     if not wait:
@@ -133,6 +143,7 @@ def worker(
     )
     settings.require_credentials()
     configure_logging(settings)
+    from config.lanes import CONSUMED_QUEUES
     from worker.broker.app import app
 
     argv = [
@@ -144,7 +155,7 @@ def worker(
         "--loglevel",
         loglevel or settings.log_level,
         "--queues",
-        app.conf.task_default_queue,
+        ",".join(CONSUMED_QUEUES),
         "--without-mingle",
         "--without-gossip",
         *ctx.args,

@@ -22,6 +22,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from config.lanes import Lane
 from config.units import parse_rate
 from worker.cli.errors import friendly_errors
 from worker.errors import InvalidLines, StreamctlError
@@ -68,6 +69,13 @@ def _rate(_ctx: click.Context, _param: click.Parameter, value: str | None) -> fl
     help="Send again, as a new batch, the jobs of an earlier batch that did not succeed.",
 )
 @click.option("--timeout", type=float, help="Seconds to wait for the summary (default: expiry).")
+@click.option(
+    "--lane",
+    type=click.Choice(["bulk", "urgent"]),
+    default="bulk",
+    show_default=True,
+    help="urgent: ahead of every bulk job (for a few targets someone waits for).",
+)
 @friendly_errors
 def reconnect(
     file: str | None,
@@ -79,6 +87,7 @@ def reconnect(
     expires: float | None,
     retry_batch: str | None,
     timeout: float | None,
+    lane: Lane,
 ) -> None:
     """Close every stream named in FILE ('-': standard input) as one batch, and follow it."""
     from worker.produce.batch import BatchSender
@@ -104,7 +113,7 @@ def reconnect(
         if targets.duplicates:
             err.print(f"{targets.duplicates} duplicate target(s) will be closed once")
         jobs = targets.jobs
-    started = sender.start(jobs, rate=rate, expires=expires, dry_run=dry_run)
+    started = sender.start(jobs, rate=rate, expires=expires, dry_run=dry_run, lane=lane)
     if dry_run:
         for job in jobs:
             click.echo(json.dumps({**job.target.as_fields(), "origin_url": job.origin_url}))

@@ -17,6 +17,7 @@ from typing import Any
 
 from celery import Celery
 
+from config.lanes import LANE_FIELD, URGENT, Lane, check_lane, queue_for
 from config.settings import Settings, get_settings
 from worker.broker.app import CLOSE_TASK
 from worker.broker.app import app as default_app
@@ -105,8 +106,16 @@ class Producer:
         expires: float | None = None,
         job_id: str | None = None,
         batch_id: str | None = None,
+        lane: Lane = URGENT,
     ) -> str:
-        """Validate and enqueue one close; return its job id."""
+        """Validate and enqueue one close; return its job id.
+
+        ``lane``: ``urgent`` (the default: a single close is someone waiting) or ``bulk``.
+        """
+        try:
+            lane = check_lane(lane)
+        except ValueError as exc:
+            raise InvalidTarget(str(exc)) from None
         fields = {"app": app, "inst": inst, "stream": stream, "stream_id": stream_id}
         job, kwargs = job_kwargs(
             {k: v for k, v in fields.items() if v is not None},
@@ -115,6 +124,7 @@ class Producer:
             batch_id=batch_id,
             settings=self.settings,
         )
+        kwargs[LANE_FIELD] = lane
         job_id = job_id or str(uuid.uuid4())
         # This producer's claims, per thread: a caller that retries a failed enqueue from the
         # same thread finds its own claim (even one whose reply was lost) and goes on at once.
@@ -147,6 +157,8 @@ class Producer:
                 kwargsrepr=repr(dict(job.target.as_fields())),
                 retry=True,
                 retry_policy=PUBLISH_RETRY_POLICY,
+                queue=queue_for(lane),
+                routing_key=queue_for(lane),
             )
         except Exception as exc:
             # With Redis unreachable too, the claim cannot be released: it expires instead.
