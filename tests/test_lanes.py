@@ -6,6 +6,7 @@ the lanes' queues while it measures who went first.
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -113,3 +114,23 @@ def test_a_bad_lane_is_refused_before_anything_is_sent(tmp_path: Path) -> None:
                 lane="fast",  # type: ignore[arg-type]
             )
         assert fleet.redis.llen(URGENT_QUEUE) == fleet.redis.llen(BULK_QUEUE) == 0
+
+
+def test_messages_go_to_their_lanes_queue_and_flower_shows_the_lane(tmp_path: Path) -> None:
+    """What Flower shows of a task is its kwargsrepr: the target (or job ids) and the lane."""
+    with cluster(tmp_path) as fleet:
+        fleet.producer.close(**unique_target("shown"))
+        fleet.producer.close(**unique_target("shown"), lane=BULK)
+        BatchSender(fleet.settings, fleet.app).start([CloseJob.parse(unique_target("shown"))])
+        queued = {
+            queue: [json.loads(raw) for raw in fleet.redis.lrange(queue, 0, -1)]
+            for queue in (URGENT_QUEUE, BULK_QUEUE, LEGACY_QUEUE)
+        }
+
+    shown = {q: [m["headers"]["kwargsrepr"] for m in found] for q, found in queued.items()}
+    assert [("'lane': 'urgent'" in s) for s in shown[URGENT_QUEUE]] == [True]
+    assert sorted(("'jobs'" in s, "'lane': 'bulk'" in s) for s in shown[BULK_QUEUE]) == [
+        (False, True),
+        (True, True),
+    ]
+    assert shown[LEGACY_QUEUE] == []

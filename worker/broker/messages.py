@@ -80,9 +80,11 @@ def chunk_kwargs(jobs: Iterable[tuple[str, Mapping[str, Any]]]) -> dict[str, Any
     return {JOBS_FIELD: {job_id: dict(kwargs) for job_id, kwargs in jobs}}
 
 
-def chunk_repr(jobs: Iterable[tuple[str, Mapping[str, Any]]]) -> str:
-    """What Flower shows of a batch message: its job ids (the kwargs hold no secret either)."""
-    return repr({JOBS_FIELD: [job_id for job_id, _kwargs in jobs]})
+def chunk_repr(jobs: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
+    """What Flower shows of a batch message: its job ids and lane (the kwargs hold no secret
+    either)."""
+    lane = lane_of(jobs[0][1]) if jobs else BULK
+    return repr({JOBS_FIELD: [job_id for job_id, _kwargs in jobs], LANE_FIELD: lane})
 
 
 def parse_chunk(args: Sequence[Any], kwargs: Mapping[str, Any]) -> list[tuple[str, Any]]:

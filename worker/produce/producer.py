@@ -154,7 +154,8 @@ class Producer:
                 kwargs=kwargs,
                 task_id=job_id,
                 argsrepr="()",
-                kwargsrepr=repr(dict(job.target.as_fields())),
+                # What Flower shows: the target and the lane.
+                kwargsrepr=repr({**job.target.as_fields(), LANE_FIELD: lane}),
                 retry=True,
                 retry_policy=PUBLISH_RETRY_POLICY,
                 queue=queue_for(lane),
