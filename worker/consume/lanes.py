@@ -29,6 +29,7 @@ from celery import bootsteps
 from celery.concurrency.base import apply_target
 from celery.concurrency.thread import ApplyResult
 from celery.concurrency.thread import TaskPool as ThreadTaskPool
+from kombu.common import ignore_errors
 
 from config.lanes import BULK_QUEUE, TASK_LANES, URGENT, URGENT_QUEUE, URGENT_QUEUES
 from config.settings import get_settings
@@ -131,7 +132,15 @@ class UrgentConsumer(bootsteps.ConsumerStep):  # type: ignore[misc]  # celery ha
             self.threads,
         )
 
+    def stop(self, c: Any) -> None:
+        """Stop fetching (a warm shutdown, a lost connection); the channel stays open, so that
+        urgent jobs still running acknowledge their messages on it."""
+        for consumer in self.consumers or []:
+            ignore_errors(c.connection, consumer.cancel)  # type: ignore[no-untyped-call]
+
     def shutdown(self, c: Any) -> None:
-        super().shutdown(c)
+        """Let the running urgent jobs end, then close the channel: messages not started go
+        back to the queue (unacknowledged), for another worker."""
         if self.executor is not None:
-            self.executor.shutdown(cancel_futures=True)
+            self.executor.shutdown(wait=True, cancel_futures=True)
+        super().shutdown(c)
