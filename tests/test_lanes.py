@@ -134,3 +134,26 @@ def test_messages_go_to_their_lanes_queue_and_flower_shows_the_lane(tmp_path: Pa
         (True, True),
     ]
     assert shown[LEGACY_QUEUE] == []
+
+
+def test_a_warm_shutdown_lets_a_running_urgent_job_end_and_acknowledge(
+    tmp_path: Path, sandbox: Any
+) -> None:
+    with cluster(tmp_path) as fleet:
+        worker = fleet.start_worker("lanes", concurrency=2)
+        target = unique_target("shutdown")
+        sandbox.inject(target, "slow", delay=1.0)  # under the read timeout (1.5 s)
+        job_id = fleet.producer.close(**target)
+        deadline = time.monotonic() + 10
+        while not sandbox.requests_for(target):
+            assert time.monotonic() < deadline, "the urgent job never started"
+            time.sleep(0.02)
+        worker.stop()  # SIGTERM: Celery's warm shutdown
+        exit_code = worker.process.returncode if worker.process else None
+        results = fleet.wait_for([job_id], timeout=5)[job_id]
+        left = fleet.redis.llen(URGENT_QUEUE) + fleet.redis.hlen("unacked")
+
+    assert exit_code == 0
+    assert [r["outcome"] for r in results] == ["success"]
+    assert left == 0  # acknowledged: no other worker would run it again
+    assert len(sandbox.requests_for(target)) == 1
