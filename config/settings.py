@@ -186,9 +186,10 @@ class Settings(BaseSettings):
     #: HTTP requests in flight at once across all workers; unset means only the workers'
     #: thread counts bound it. A crashed worker's slots free themselves after the timeouts.
     max_in_flight: PositiveInt | None = None
-    #: While the API answers code 1000 ("too much traffic, try again in a few minutes") the
-    #: whole cluster sends at most this rate, for STREAMCTL_BUSY_BACKOFF seconds after the last
-    #: such answer: one request a second probes for recovery without adding load.
+    #: While the API answers code 1000 ("too much traffic, try again in a few minutes") bulk
+    #: work sends at most this rate, for STREAMCTL_BUSY_BACKOFF seconds after the last such
+    #: answer: one request a second probes for recovery without adding load. Urgent work slows
+    #: down to it too when a 1000 answers a request sent while bulk was slowed already.
     busy_rate: float = 1.0
     #: A worker thread waits at most this long for the limiter; a job that would wait longer
     #: goes back to the broker with a countdown, so throttled jobs do not pin threads.
