@@ -149,3 +149,31 @@ def test_the_urgent_share_leaves_part_of_the_rate_to_urgent_work(make: object) -
     for _ in range(4):  # urgent: the whole rate
         limiter.before_send(context(URGENT))
     assert time.monotonic() - started < 0.45
+
+
+def test_the_next_in_flight_slot_freed_goes_to_a_waiting_urgent_attempt(make: object) -> None:
+    limiter = make(max_in_flight=1, hold=3.0)  # type: ignore[operator]
+    first = limiter.before_send(context(BULK))
+    went: dict[str, float] = {}
+
+    def attempt(name: str, lane: Lane) -> None:
+        permit = limiter.before_send(context(lane))
+        went[name] = time.monotonic()
+        time.sleep(0.1)
+        assert permit.after is not None
+        permit.after(None)
+
+    bulk = threading.Thread(target=attempt, args=("bulk", BULK))
+    bulk.start()
+    time.sleep(0.1)  # the bulk attempt waits for the wake-up list first
+    urgent = threading.Thread(target=attempt, args=("urgent", URGENT))
+    urgent.start()
+    time.sleep(0.1)
+    assert first.after is not None
+    released = time.monotonic()
+    first.after(None)
+    bulk.join()
+    urgent.join()
+
+    assert went["urgent"] < went["bulk"], went
+    assert went["urgent"] - released < 0.1

@@ -40,6 +40,8 @@ own, default ``streamctl:limit``)::
     <prefix>:urgent:busy_until      string  the same for urgent work: a 1000 answered while
                                             bulk was already slowed down
     <prefix>:in_flight              zset    lease id -> its lapse (µs)
+    <prefix>:urgent:waiting         zset    urgent attempts waiting for an in-flight slot ->
+                                            when the mark lapses (µs)
     <prefix>:freed                  list    wake-ups for threads waiting for a lease
     <prefix>:batch:<batch>:tat      string  a batch's own rate limit
     <prefix>:slot:<job>             string  the send time reserved for a waiting or throttled
@@ -98,7 +100,7 @@ def timestamp_key(scope: str, target_key: str) -> str:
 
 def limiter_key(prefix: str, name: str) -> str:
     """A cluster-wide key of the limiter: tat, busy_until, in_flight, freed, shift,
-    urgent:tat or urgent:busy_until."""
+    urgent:tat, urgent:busy_until or urgent:waiting."""
     return f"{prefix}:{name}"
 
 

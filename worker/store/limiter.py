@@ -7,7 +7,8 @@ Celery's own ``rate_limit`` is per worker; this one bounds all workers together.
 1. the job's batch was cancelled -> JobCancelled (nothing is sent);
 2. ``STREAMCTL_MAX_IN_FLIGHT`` requests are out -> wait for a release. In-flight slots are
    leases in a sorted set, scored by when they lapse, so a crashed worker's slots free
-   themselves after the HTTP timeouts;
+   themselves after the HTTP timeouts. An urgent attempt waiting for one is marked so, and
+   bulk attempts leave the next slot freed to it;
 3. the rates: GCRA (a virtual-scheduling token bucket) on the cluster key, and on the batch's
    own key when the batch has ``--rate``. The caller is given a send time and the script
    reserves it, so waiting callers never race for the same slot and never poll.
@@ -41,6 +42,7 @@ from dataclasses import dataclass
 
 import redis
 
+from config.lanes import URGENT
 from config.settings import Settings
 from worker.api.client import Permit, SendContext
 from worker.api.clock import CLAIM_TTL_SECONDS
@@ -55,6 +57,9 @@ log = logging.getLogger("streamctl.ratelimit")
 PREFIX = keys.LIMIT_PREFIX
 #: Spare seconds on an in-flight lease beyond the HTTP timeouts (signing, a slow thread).
 LEASE_MARGIN = 5.0
+#: How often an urgent attempt waiting for an in-flight slot asks again (its mark, which keeps
+#: bulk attempts off the next slot freed, lapses 2 s after its last ask).
+URGENT_POLL = 0.02
 
 GO, FULL, THROTTLED, CANCELLED, TOO_LATE = range(5)
 
@@ -104,6 +109,7 @@ class ClusterLimiter:
         self._urgent_tat_key = keys.limiter_key(prefix, "urgent:tat")
         self._urgent_busy_key = keys.limiter_key(prefix, "urgent:busy_until")
         self._shift_key = keys.limiter_key(prefix, "shift")
+        self._urgent_waiting_key = keys.limiter_key(prefix, "urgent:waiting")
         self._in_flight_key = keys.limiter_key(prefix, "in_flight")
         self._freed_key = keys.limiter_key(prefix, "freed")
         # Scripts and their KEYS/ARGV: lua/limiter_acquire.lua, lua/limiter_release.lua.
@@ -144,7 +150,13 @@ class ClusterLimiter:
                     raise JobExpired("every in-flight slot was busy until the job's expiry")
                 if left <= 0:
                     raise Throttled("every in-flight slot is busy", wait=min(1.0, config.hold))
-                self._wait_for_release(min(max(wait, 0.001), left, remaining))
+                longest = min(max(wait, 0.001), left, remaining)
+                if context.lane == URGENT:
+                    # Marked waiting, it gets the next slot freed: it asks again soon rather
+                    # than queue for the wake-up list with the bulk attempts.
+                    time.sleep(min(URGENT_POLL, longest))
+                else:
+                    self._wait_for_release(longest)
                 continue
             if wait > 0:
                 # Its send time is reserved (the slot key); asked again then, the script checks
@@ -171,6 +183,7 @@ class ClusterLimiter:
             self._urgent_tat_key,
             self._urgent_busy_key,
             self._shift_key,
+            self._urgent_waiting_key,
         ]
         if context.timestamp_key is not None:
             script_keys.append(context.timestamp_key)

@@ -4,7 +4,9 @@
 -- KEYS[2]  busy-until (bulk, after an API 1000) KEYS[7]  the urgent lane's TAT
 -- KEYS[3]  the in-flight leases (sorted set)    KEYS[8]  busy-until (urgent too)
 -- KEYS[4]  the batch hash                       KEYS[9]  the bulk shift
--- KEYS[5]  the batch's TAT                      KEYS[10] optional: the target's timestamp key
+-- KEYS[5]  the batch's TAT                      KEYS[10] urgent attempts waiting for an
+--                                                        in-flight slot (sorted set)
+--                                               KEYS[11] optional: the target's timestamp key
 --                                                        (worker.api.clock), claimed on a go
 -- ARGV[1]  cluster interval                   ARGV[8]  latest send time (0: none)
 -- ARGV[2]  burst                              ARGV[9]  slot key lifetime (ms)
@@ -30,19 +32,30 @@
 -- plus burst; the urgent lane alone is bounded by its own TAT at the same rate and burst.
 -- An API 1000 slows the bulk lane to the busy rate with no burst (KEYS[2]); a 1000 answered
 -- to an attempt sent while bulk was already slowed slows the urgent lane too (KEYS[8]).
+-- In flight: an urgent attempt that finds every slot taken marks itself waiting (KEYS[10], a
+-- mark that lapses unless renewed by its next ask); a bulk attempt counts those marks as
+-- taken slots, so the next slot freed goes to the urgent attempt.
 --#include claim_timestamp
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 if redis.call('HEXISTS', KEYS[4], 'cancelled') == 1 then return {3, 0, 0, 0} end
+local urgent = ARGV[12] == 'urgent'
 local max_in_flight = tonumber(ARGV[4])
 if max_in_flight > 0 then
   redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
-  if redis.call('ZCARD', KEYS[3]) >= max_in_flight then
+  redis.call('ZREMRANGEBYSCORE', KEYS[10], '-inf', now)
+  local taken = redis.call('ZCARD', KEYS[3])
+  if not urgent then taken = taken + redis.call('ZCARD', KEYS[10]) end
+  if taken >= max_in_flight then
+    if urgent then
+      redis.call('ZADD', KEYS[10], now + 2000000, ARGV[5])
+      redis.call('PEXPIRE', KEYS[10], 3000)
+    end
     local first = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
-    return {1, math.floor(math.max(tonumber(first[2]) - now, 0)), 0, 0}
+    local free_at = first[2] and tonumber(first[2]) or now + 100000
+    return {1, math.floor(math.max(free_at - now, 0)), 0, 0}
   end
 end
-local urgent = ARGV[12] == 'urgent'
 local interval, burst, busy_interval = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local bulk_busy = tonumber(redis.call('GET', KEYS[2]) or '0') > now
 local shift = tonumber(redis.call('GET', KEYS[9]) or '0')
@@ -105,13 +118,14 @@ if wait > 0 then
 end
 if slot then redis.call('DEL', KEYS[6]) end
 if max_in_flight > 0 then
+  if urgent then redis.call('ZREM', KEYS[10], ARGV[5]) end
   local lapse = now + tonumber(ARGV[6])
   redis.call('ZADD', KEYS[3], string.format('%.0f', lapse), ARGV[5])
   redis.call('PEXPIRE', KEYS[3], math.ceil((lapse - now) / 1000) + 1000)
 end
 local claimed = 0
-if KEYS[10] then
-  claimed = claim_timestamp(KEYS[10], tonumber(ARGV[10]), tonumber(ARGV[11]))
+if KEYS[11] then
+  claimed = claim_timestamp(KEYS[11], tonumber(ARGV[10]), tonumber(ARGV[11]))
 end
 local slowed = 0
 if bulk_busy then slowed = 1 end
