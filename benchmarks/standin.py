@@ -92,6 +92,8 @@ class StandIn:
                 "requests": counters.requests,
                 "replays": counters.replays,
                 "busiest_second": counters.busiest_second(),
+                # Requests received in each wall-clock second (unix seconds as keys).
+                "per_second": {str(k): v for k, v in counters.per_second.items()},
             }
         ).encode()
 

@@ -5,6 +5,9 @@ Every value comes from the one settings object; nothing here is a second source 
 
 from __future__ import annotations
 
+from kombu.entity import Exchange, Queue
+
+from config import lanes as _lanes
 from config.settings import get_settings as _get_settings
 from config.urls import celery_url, is_sentinel
 
@@ -55,5 +58,17 @@ task_send_sent_event = True
 
 # The task modules are given to the app (worker.broker.links.TASK_MODULES): config/ names
 # nothing of worker/ or tasks/.
-task_default_queue = "streamctl"
+# The lanes' queues (config.lanes), declared here and nowhere else. Each task goes to its
+# default lane's queue (``celery call``, Flower's apply); producers name a queue for another
+# lane. Anything unrouted goes to the pre-lane queue, which workers still consume.
+# A direct exchange per queue, named as the queue (Celery's own default for its queue).
+task_queues = [
+    Queue(name, Exchange(name, type="direct"), routing_key=name)  # type: ignore[no-untyped-call]
+    for name in _lanes.CONSUMED_QUEUES
+]
+task_routes = {
+    task: {"queue": _lanes.queue_for(lane), "routing_key": _lanes.queue_for(lane)}
+    for task, lane in _lanes.TASK_LANES.items()
+}
+task_default_queue = _lanes.LEGACY_QUEUE
 worker_hijack_root_logger = False

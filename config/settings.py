@@ -163,6 +163,9 @@ class Settings(BaseSettings):
     batch_chunk: PositiveInt = 10
     #: Threads per worker. Closes are I/O bound (~0.4 s each), so threads, not processes.
     worker_concurrency: PositiveInt = 32
+    #: Threads per worker process only urgent jobs use (worker.consume.lanes), besides the
+    #: above: an urgent close starts at once however busy bulk is. 4: several operators at once.
+    urgent_threads: PositiveInt = 4
     #: Worker processes ``streamctl worker`` forks, each with STREAMCTL_WORKER_CONCURRENCY
     #: threads (worker.consume.processes). 1 here; about one and a half per core for big batches
     #: (README, Performance), as one process's threads queue for its one GIL.
@@ -193,13 +196,17 @@ class Settings(BaseSettings):
     #: HTTP requests in flight at once across all workers; unset means only the workers'
     #: thread counts bound it. A crashed worker's slots free themselves after the timeouts.
     max_in_flight: PositiveInt | None = None
-    #: While the API answers code 1000 ("too much traffic, try again in a few minutes") the
-    #: whole cluster sends at most this rate, for STREAMCTL_BUSY_BACKOFF seconds after the last
-    #: such answer: one request a second probes for recovery without adding load.
+    #: While the API answers code 1000 ("too much traffic, try again in a few minutes") bulk
+    #: work sends at most this rate, for STREAMCTL_BUSY_BACKOFF seconds after the last such
+    #: answer: one request a second probes for recovery without adding load; urgent work too
+    #: once a 1000 answers a request sent while bulk was slowed already.
     busy_rate: float = 1.0
     #: A worker thread waits at most this long for the limiter; a job that would wait longer
     #: goes back to the broker with a countdown, so throttled jobs do not pin threads.
     throttle_hold: PositiveFloat = 5.0
+    #: Share of STREAMCTL_RATE_LIMIT bulk work leaves to urgent work even when none waits (bulk
+    #: sends at most (1 - share) x the rate). 0: urgent requests go ahead of bulk ones anyway.
+    urgent_share: Annotated[float, Field(ge=0, le=0.9)] = 0.0
 
     # --- schedules (worker.schedule.file, ``streamctl beat``) -------------------------------------
     #: The schedule of mass reconnects, relative to the working directory: the repository's

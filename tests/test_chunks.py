@@ -21,6 +21,7 @@ import pytest
 import redis
 from celery import Celery
 
+from config.lanes import BULK_QUEUE
 from config.settings import Settings
 from tests.conftest import WorkerProcess, wait_for_result
 from tests.faults.harness import cluster, unique_target
@@ -317,7 +318,7 @@ def test_batch_start_makes_messages_of_the_configured_size(tmp_path: Path, sandb
         sender = BatchSender(fleet.settings, fleet.app)
         started = sender.start(jobs)
         # Counted before any worker runs.
-        queued = queued_messages(fleet.redis, fleet.app.conf.task_default_queue)
+        queued = queued_messages(fleet.redis, BULK_QUEUE)  # a batch is bulk by default
         fleet.start_worker("sized", concurrency=8)
         summary = wait_for_batch(started, timeout=60, sender=sender)
 

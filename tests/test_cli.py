@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from config.lanes import CONSUMED_QUEUES
 from tests.conftest import wait_for_result
 
 pytestmark = pytest.mark.e2e
@@ -76,13 +77,13 @@ def test_close_without_wait_prints_the_job_id(worker: Any, producer: Any) -> Non
 def test_bad_close_is_refused_and_nothing_enqueued(
     args: list[str], complaint: str, redis_client: Any
 ) -> None:
-    before = redis_client.llen("streamctl")
+    before = queued(redis_client)
     done = streamctl("close", *args)
     assert done.returncode == 2
     assert complaint in done.stderr
     assert "Traceback" not in done.stderr
     assert done.stdout == ""
-    assert redis_client.llen("streamctl") == before
+    assert queued(redis_client) == before
 
 
 def test_unreachable_broker_fails_fast_with_a_clear_message() -> None:
@@ -126,3 +127,8 @@ def test_watch_rejects_a_bad_since() -> None:
     done = streamctl("watch", "--since", "yesterday")
     assert done.returncode == 2
     assert "--since" in done.stderr
+
+
+def queued(client: Any) -> int:
+    """Messages waiting in every lane's queue (config.lanes), the pre-lane queue too."""
+    return sum(client.llen(queue) for queue in CONSUMED_QUEUES)

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import redis
 
+from config.lanes import BULK, Lane
 from worker.api.client import SendContext
 from worker.api.clock import TimestampClock
 from worker.errors import ApiBusy, JobCancelled, JobExpired, Throttled
@@ -45,9 +46,15 @@ def make(redis_client: redis.Redis) -> Iterator[object]:
         redis_client.delete(*keys)
 
 
-def context(batch_id: str | None = None, expires_in: float = 60.0) -> SendContext:
+def context(
+    batch_id: str | None = None, expires_in: float = 60.0, lane: Lane = BULK
+) -> SendContext:
+    """A bulk attempt unless told (the lanes' own tests are in tests/test_lane_limiter.py)."""
     return SendContext(
-        job_id=uuid.uuid4().hex, batch_id=batch_id, expires_at=time.time() + expires_in
+        job_id=uuid.uuid4().hex,
+        batch_id=batch_id,
+        expires_at=time.time() + expires_in,
+        lane=lane,
     )
 
 
@@ -89,11 +96,14 @@ def test_a_go_carries_a_timestamp_claimed_as_the_clock_claims_it(
     assert redis_client.ttl(clock.key("a")) > 0
     # Without a timestamp key the limiter claims nothing; the client claims itself.
     assert limiter.before_send(context()).timestamp is None  # type: ignore[attr-defined]
-    # Nor on a go after a wait: the client claims after it, right before sending.
+    # After a wait the limiter asks again when it ends, and claims then, right before the send
+    # (the clock's time read at that claim): never a timestamp older than its send.
     throttled = make(rate=5.0, burst=1)  # type: ignore[operator]
     assert claimed_by(throttled, "c") == now  # at once
-    assert claimed_by(throttled, "c") is None  # 0.2 s later
-    assert clock.claim("c") == now + 1
+    started = time.monotonic()
+    assert claimed_by(throttled, "c") == now + 1  # 0.2 s later
+    assert time.monotonic() - started >= 0.19
+    assert clock.claim("c") == now + 2
 
 
 def test_rate_bound_holds_for_threads_sharing_the_limiter(make: object) -> None:

@@ -129,7 +129,8 @@ def test_transient_failures_are_retried_then_handed_back_with_the_count_in_the_m
     later = run(runner, job_id, kwargs)
     assert isinstance(later, RetryLater)
     assert len(transport.requests) == runner.policy.max_attempts
-    assert later.kwargs == {**kwargs, "retries": 1, "handbacks": 0}
+    # The lane is written in, so the next message (and the result) keeps it.
+    assert later.kwargs == {**kwargs, "lane": "urgent", "retries": 1, "handbacks": 0}
     assert 0 < later.countdown <= runner.policy.celery_retry_countdown
     assert runner.state.final_result(job_id) is None
     # The failed attempts are kept for the final result (the hook records them).
@@ -244,7 +245,7 @@ def test_throttled_hand_back_keeps_its_slot_and_uses_no_retry(
     job_id, kwargs = job(batch_id=batch_id, retries=runner.policy.celery_max_retries)
     later = run(runner, job_id, kwargs)
     assert isinstance(later, RetryLater), later
-    assert later.kwargs == {**kwargs, "handbacks": 1}
+    assert later.kwargs == {**kwargs, "lane": "urgent", "handbacks": 1}
     assert 0 < later.countdown < 2
     assert runner.state.redis.exists(f"streamctl:limit:slot:{job_id}")
     assert len(transport.requests) == 1  # the first job's only

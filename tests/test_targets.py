@@ -16,6 +16,7 @@ import pytest
 import redis
 from click.testing import CliRunner
 
+from config.lanes import CONSUMED_QUEUES
 from tests.conftest import wait_for_result
 from worker.cli.main import main
 from worker.errors import InvalidTarget
@@ -83,7 +84,7 @@ def test_a_joiner_outside_an_emoji_sequence_is_refused(name: str) -> None:
 
 
 def test_close_refuses_a_bidi_override_and_enqueues_nothing(redis_client: redis.Redis) -> None:
-    before = redis_client.llen("streamctl")
+    before = queued(redis_client)
     done = CliRunner().invoke(
         main, ["close", "--app", "demo", "--inst", "live", "--stream", "evil\u202egpj.exe"]
     )
@@ -91,7 +92,7 @@ def test_close_refuses_a_bidi_override_and_enqueues_nothing(redis_client: redis.
     assert "stream: U+202E (RIGHT-TO-LEFT OVERRIDE) is not allowed" in done.stderr
     assert done.stdout == ""
     assert done.exception is None or isinstance(done.exception, SystemExit)
-    assert redis_client.llen("streamctl") == before
+    assert queued(redis_client) == before
 
 
 def test_reconnect_names_the_line_of_a_spoofing_target(
@@ -128,3 +129,8 @@ def test_a_raw_message_with_a_spoofing_target_ends_rejected(
     assert result["attempts"] == []
     assert sandbox.stats()["total"] == before
     assert worker.alive()
+
+
+def queued(client: Any) -> int:
+    """Messages waiting in every lane's queue (config.lanes), the pre-lane queue too."""
+    return sum(client.llen(queue) for queue in CONSUMED_QUEUES)

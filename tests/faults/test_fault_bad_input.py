@@ -20,6 +20,7 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
+from config.lanes import URGENT_QUEUE
 from tests.faults.harness import Cluster, cluster, report, unique_target
 from worker.broker.app import CLOSE_TASK, app
 from worker.consume.runner import META_FIELDS, parse_meta
@@ -107,7 +108,7 @@ def fuzz_producer(fleet: Cluster) -> dict[str, int]:
     one()
     # Nothing the producer accepted is refused by the worker: check every queued message.
     queued = 0
-    while (raw := fleet.redis.rpop("streamctl")) is not None:
+    while (raw := fleet.redis.rpop(URGENT_QUEUE)) is not None:  # single closes are urgent
         envelope = json.loads(raw)
         args, kwargs, _embed = json.loads(base64.b64decode(envelope["body"]))
         assert worker_verdict(args, kwargs) is None, kwargs

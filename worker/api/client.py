@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from pydantic import SecretStr
 
+from config.lanes import URGENT, Lane
 from config.urls import mask_url
 from worker.api import transport
 from worker.api.clock import TimestampClock
@@ -51,6 +52,8 @@ class SendContext:
     #: read at the claim (``TimestampClock.key`` and ``.now``).
     timestamp_key: str | None = None
     timestamp_now: Callable[[], int] | None = None
+    #: The job's lane (``config.lanes``): the limiter lets urgent attempts go ahead of bulk ones.
+    lane: Lane = URGENT
 
 
 #: Called after every HTTP attempt with the ApiError it ended with (None: success, or no reply
@@ -136,6 +139,7 @@ class ScaleEngineClient:
         label: str = "",
         job_id: str | None = None,
         batch_id: str | None = None,
+        lane: Lane = URGENT,
     ) -> CloseReport:
         """Close ``job``'s stream, retrying transient failures within ``deadline`` seconds.
 
@@ -159,6 +163,7 @@ class ScaleEngineClient:
                         expires_at=expires_at,
                         timestamp_key=timestamp_key,
                         timestamp_now=self._clock.now,
+                        lane=lane,
                     )
                 )
             failure: ApiError | None = None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from celery import Celery
 
+from config.lanes import CLOSE_MANY_TASK, CLOSE_TASK
 from worker.broker import links
 from worker.broker.guards import kombu as kombu_guards
 
@@ -19,7 +20,4 @@ kombu_guards.install()
 app = Celery("streamctl", task_cls=links.TASK_CLASS, include=links.TASK_MODULES)
 app.config_from_object(links.CELERY_CONFIG)
 
-#: The stable task name; producers in any language enqueue by it.
-CLOSE_TASK = "scaleengine.stream.close"
-#: Many close jobs in one message (batches; see ``worker.broker.messages``).
-CLOSE_MANY_TASK = "scaleengine.stream.close_many"
+__all__ = ["CLOSE_MANY_TASK", "CLOSE_TASK", "app"]

@@ -23,6 +23,7 @@ from typing import Any
 
 from celery import Celery
 
+from config.lanes import BULK, LANE_FIELD, LANES, Lane, queue_for
 from worker.broker.app import CLOSE_MANY_TASK, CLOSE_TASK
 from worker.errors import InvalidChunk
 
@@ -79,9 +80,11 @@ def chunk_kwargs(jobs: Iterable[tuple[str, Mapping[str, Any]]]) -> dict[str, Any
     return {JOBS_FIELD: {job_id: dict(kwargs) for job_id, kwargs in jobs}}
 
 
-def chunk_repr(jobs: Iterable[tuple[str, Mapping[str, Any]]]) -> str:
-    """What Flower shows of a batch message: its job ids (the kwargs hold no secret either)."""
-    return repr({JOBS_FIELD: [job_id for job_id, _kwargs in jobs]})
+def chunk_repr(jobs: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
+    """What Flower shows of a batch message: its job ids and lane (the kwargs hold no secret
+    either)."""
+    lane = lane_of(jobs[0][1]) if jobs else BULK
+    return repr({JOBS_FIELD: [job_id for job_id, _kwargs in jobs], LANE_FIELD: lane})
 
 
 def parse_chunk(args: Sequence[Any], kwargs: Mapping[str, Any]) -> list[tuple[str, Any]]:
@@ -104,19 +107,36 @@ def parse_chunk(args: Sequence[Any], kwargs: Mapping[str, Any]) -> list[tuple[st
 def send_retry(app: Celery, job_id: str, kwargs: Mapping[str, Any], *, countdown: float) -> None:
     """Hand one job of a batch message back to the broker as a single close, to run later.
 
-    ``kwargs`` carry the job's counts, as the runner brought them up to date.
+    ``kwargs`` carry the job's counts, as the runner brought them up to date, and its lane:
+    the message goes to that lane's queue (a batch job's retry stays bulk).
     """
+    queue = queue_for(lane_of(kwargs))
     app.send_task(
-        CLOSE_TASK, kwargs=dict(kwargs), task_id=job_id, countdown=countdown, ignore_result=True
+        CLOSE_TASK,
+        kwargs=dict(kwargs),
+        task_id=job_id,
+        countdown=countdown,
+        ignore_result=True,
+        queue=queue,
+        routing_key=queue,
     )
 
 
 def send_chunk(app: Celery, jobs: Sequence[tuple[str, Mapping[str, Any]]]) -> None:
-    """Publish jobs as one new batch message (a message's leftovers)."""
+    """Publish jobs as one new batch message (a message's leftovers), in their lane's queue."""
+    queue = queue_for(lane_of(jobs[0][1]))
     app.send_task(
         CLOSE_MANY_TASK,
         kwargs=chunk_kwargs(jobs),
         task_id=f"chunk-{uuid.uuid4().hex}",
         kwargsrepr=chunk_repr(jobs),
         ignore_result=True,
+        queue=queue,
+        routing_key=queue,
     )
+
+
+def lane_of(kwargs: Mapping[str, Any]) -> Lane:
+    """A batch job's lane, as its kwargs name it (the runner writes it in): bulk otherwise."""
+    lane = kwargs.get(LANE_FIELD)
+    return lane if lane in LANES else BULK

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from config.lanes import Lane
 from worker.broker.links import PRELOADED_FOR_WORKERS
 from worker.cli.beat import beat
 from worker.cli.check import check
@@ -71,6 +72,13 @@ def main() -> None:
 @click.option(
     "--timeout", type=POSITIVE_SECONDS, help="With --wait: seconds to wait (default: until expiry)."
 )
+@click.option(
+    "--lane",
+    type=click.Choice(["urgent", "bulk"]),
+    default="urgent",
+    show_default=True,
+    help="bulk: behind urgent work, at the pace of the batches.",
+)
 @_friendly_errors
 def close(
     app_name: str | None,
@@ -82,6 +90,7 @@ def close(
     job_id: str | None,
     wait: bool,
     timeout: float | None,
+    lane: Lane,
 ) -> None:
     """Enqueue one close: print its job id, or with --wait its result (JSON)."""
     from worker.produce.producer import Producer
@@ -100,6 +109,7 @@ def close(
         origin_url=origin_url,
         expires=expires,
         job_id=job_id,
+        lane=lane,
     )
     if not wait:
         emit(job_id)
@@ -205,6 +215,7 @@ def worker(
     )
     settings.require_credentials()
     configure_logging(settings)
+    from config.lanes import CONSUMED_QUEUES
     from worker.broker.app import app
 
     argv = [
@@ -216,7 +227,7 @@ def worker(
         "--loglevel",
         loglevel or settings.log_level,
         "--queues",
-        app.conf.task_default_queue,
+        ",".join(CONSUMED_QUEUES),
         "--without-mingle",
         "--without-gossip",
         *ctx.args,

@@ -22,6 +22,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from config.lanes import Lane
 from config.units import parse_rate
 from worker.cli.errors import EXIT_INTERRUPTED, emit, friendly_errors
 from worker.errors import InvalidLines, StreamctlError
@@ -84,6 +85,13 @@ def _rate(_ctx: click.Context, _param: click.Parameter, value: str | None) -> fl
 @click.option(
     "--timeout", type=POSITIVE_SECONDS, help="Seconds to wait for the summary (default: expiry)."
 )
+@click.option(
+    "--lane",
+    type=click.Choice(["bulk", "urgent"]),
+    default="bulk",
+    show_default=True,
+    help="urgent: ahead of every bulk job (for a few targets someone waits for).",
+)
 @friendly_errors
 def reconnect(
     file: str | None,
@@ -96,6 +104,7 @@ def reconnect(
     retry_batch: str | None,
     include_cancelled: bool,
     timeout: float | None,
+    lane: Lane,
 ) -> None:
     """Close every stream named in FILE ('-': standard input) as one batch, and follow it.
 
@@ -131,7 +140,7 @@ def reconnect(
             err.print(f"{targets.duplicates} duplicate target(s) will be closed once")
         jobs = targets.jobs
     _warn_if_rate_outlasts_expiry(err, len(jobs), rate, expires or sender.settings.job_expiry)
-    started = sender.start(jobs, rate=rate, expires=expires, dry_run=dry_run)
+    started = sender.start(jobs, rate=rate, expires=expires, dry_run=dry_run, lane=lane)
     if dry_run:
         for job in jobs:
             emit(json.dumps(_target_line(job)))

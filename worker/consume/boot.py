@@ -11,6 +11,12 @@ from __future__ import annotations
 
 from celery import signals
 
+from worker.broker.app import app
+from worker.consume.lanes import UrgentConsumer
+
+# The urgent lane's own consumer channel and reserved threads, in every worker process.
+app.steps["consumer"].add(UrgentConsumer)
+
 #: Exit code of a worker that refuses to start on a Redis that may evict (a configuration error).
 EVICTING_REDIS_EXIT = 2
 _redis_policy_checked = False

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from config.lanes import BULK, LANE_FIELD, URGENT, Lane, check_lane
 from worker.api.client import ScaleEngineClient
 from worker.api.retry import Counts, GiveUp, RetryPolicy
 from worker.errors import (
@@ -42,7 +43,7 @@ from worker.telemetry import metrics
 log = logging.getLogger("streamctl.jobs")
 
 #: Fields a producer adds beside the target, and the counts a hand-back adds; never sent.
-META_FIELDS = ("expires_at", "enqueued_at", "batch_id", *Counts.FIELDS)
+META_FIELDS = ("expires_at", "enqueued_at", "batch_id", LANE_FIELD, *Counts.FIELDS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +88,7 @@ class JobMeta:
     enqueued_at: float | None
     batch_id: str | None
     counts: Counts = field(default_factory=Counts)
+    lane: Lane | None = None
 
 
 @dataclass(slots=True)
@@ -100,8 +102,9 @@ class JobRunner:
     chunk_budget: float = 60.0
 
     def run(self, delivery: Delivery) -> JobResult | RetryLater | AlreadyFinal:
+        """Run a single close (urgent unless its ``lane`` field says otherwise)."""
         (prior,) = self.state.prior_states([delivery.job_id])
-        return self._run_from(delivery, prior)
+        return self._run_from(_with_lane(delivery, URGENT), prior)
 
     def run_chunk(self, deliveries: Sequence[Delivery]) -> ChunkRun:
         """Run a batch message's jobs one after another (see ``worker.broker.messages``).
@@ -112,6 +115,8 @@ class JobRunner:
         """
         started = time.monotonic()
         priors = self.state.prior_states([delivery.job_id for delivery in deliveries])
+        # A batch's jobs are bulk unless the batch was sent in the urgent lane.
+        deliveries = [_with_lane(delivery, BULK) for delivery in deliveries]
         run = ChunkRun()
         for index, (delivery, prior) in enumerate(zip(deliveries, priors, strict=True)):
             if index and time.monotonic() - started > self.chunk_budget:
@@ -211,6 +216,7 @@ class JobRunner:
             label=f"job={delivery.job_id} target={job.target}",
             job_id=delivery.job_id,
             batch_id=meta.batch_id,
+            lane=meta.lane or URGENT,
         )
         attempts.extend(report.attempts)
         error = report.error
@@ -270,6 +276,7 @@ class JobRunner:
         result = JobResult(
             job_id=delivery.job_id,
             batch_id=meta.batch_id,
+            lane=meta.lane,
             outcome=outcome,
             cdn=self.client.cdn,
             target=target_dict(job.target if job else None, dict(delivery.kwargs)),
@@ -341,11 +348,17 @@ def parse_meta(kwargs: Mapping[str, Any]) -> JobMeta:
     batch_id = kwargs.get("batch_id")
     if batch_id is not None and (not isinstance(batch_id, str) or not 0 < len(batch_id) <= 64):
         raise InvalidTarget("batch_id must be a string of 1 to 64 characters")
+    lane = kwargs.get(LANE_FIELD)
+    try:
+        checked_lane = None if lane is None else check_lane(lane)
+    except ValueError as exc:
+        raise InvalidTarget(str(exc)) from None
     return JobMeta(
         expires_at=moment("expires_at"),
         enqueued_at=moment("enqueued_at"),
         batch_id=batch_id,
         counts=Counts.from_fields(kwargs),
+        lane=checked_lane,
     )
 
 
@@ -353,7 +366,18 @@ def _meta_or_empty(kwargs: Mapping[str, Any]) -> JobMeta:
     try:
         return parse_meta(kwargs)
     except InvalidTarget:
-        return JobMeta(None, None, None)
+        lane = kwargs.get(LANE_FIELD)
+        return JobMeta(None, None, None, lane=lane if lane in (URGENT, BULK) else None)
+
+
+def _with_lane(delivery: Delivery, default: Lane) -> Delivery:
+    """The delivery with its lane written in: the task's default lane when it names none.
+
+    Written into the kwargs, so a hand-back's next message (and its result) keeps the lane.
+    """
+    if delivery.kwargs.get(LANE_FIELD) is not None:
+        return delivery
+    return Delivery(delivery.job_id, delivery.args, {**delivery.kwargs, LANE_FIELD: default})
 
 
 def _iso(moment: float | None) -> str | None:

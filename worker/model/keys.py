@@ -30,12 +30,22 @@ Request timestamps (``worker.api.clock``)::
 The rate limiter (``worker.store.limiter``; the prefix is a parameter so tests can use their
 own, default ``streamctl:limit``)::
 
-    <prefix>:tat                    string  the cluster's theoretical arrival time (µs)
-    <prefix>:busy_until             string  the end of a slow-down after an API 1000 (µs)
+    <prefix>:tat                    string  the cluster's theoretical arrival time (µs): bulk
+                                            reserves on it, each urgent reservation moves it
+    <prefix>:urgent:tat             string  the urgent lane's own TAT (µs)
+    <prefix>:shift                  string  µs the bulk lane was moved back by urgent work so
+                                            far (a bulk slot's send time moves with it)
+    <prefix>:busy_until             string  the end of the bulk lane's slow-down after an API
+                                            1000 (µs)
+    <prefix>:urgent:busy_until      string  the same for urgent work: a 1000 answered while
+                                            bulk was already slowed down
     <prefix>:in_flight              zset    lease id -> its lapse (µs)
+    <prefix>:urgent:waiting         zset    urgent attempts waiting for an in-flight slot ->
+                                            when the mark lapses (µs)
     <prefix>:freed                  list    wake-ups for threads waiting for a lease
     <prefix>:batch:<batch>:tat      string  a batch's own rate limit
-    <prefix>:slot:<job>             string  the send time reserved for a throttled job (µs)
+    <prefix>:slot:<job>             string  the send time reserved for a waiting or throttled
+                                            job (µs), "<time>:<shift then>" for a bulk one
 
 Locks and the schedule (``worker.consume.janitor``, ``worker.schedule.scheduler``)::
 
@@ -93,7 +103,8 @@ def timestamp_key(scope: str, target_key: str) -> str:
 
 
 def limiter_key(prefix: str, name: str) -> str:
-    """A cluster-wide key of the limiter: tat, busy_until, in_flight or freed."""
+    """A cluster-wide key of the limiter: tat, busy_until, in_flight, freed, shift,
+    urgent:tat, urgent:busy_until or urgent:waiting."""
     return f"{prefix}:{name}"
 
 

@@ -89,6 +89,8 @@ class JobResult:
     finished_at: str = field(default_factory=lambda: isoformat(datetime.now(UTC)))
     worker: str = field(default_factory=lambda: worker_name())
     batch_id: str | None = None
+    #: ``urgent`` or ``bulk`` (config.lanes); None for a job rejected before its lane was read.
+    lane: str | None = None
     type: str = "job"
 
     def to_dict(self) -> dict[str, Any]:
@@ -109,6 +111,7 @@ RESULT_FIELDS = (
     "type",
     "job_id",
     "batch_id",
+    "lane",
     "command",
     "cdn",
     "target",

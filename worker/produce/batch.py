@@ -26,6 +26,7 @@ from typing import Any, TextIO
 import redis
 from celery import Celery
 
+from config.lanes import BULK, LANE_FIELD, Lane, check_lane, queue_for
 from config.settings import Settings, get_settings
 from worker.broker.app import CLOSE_MANY_TASK
 from worker.broker.app import app as default_app
@@ -96,8 +97,14 @@ class BatchSender:
         expires: float | None = None,
         batch_id: str | None = None,
         dry_run: bool = False,
+        lane: Lane = BULK,
     ) -> StartedBatch:
+        """Publish a batch; ``lane`` is bulk by default (urgent: ahead of other batches)."""
         batch_id = check_batch_id(batch_id or new_batch_id())
+        try:
+            lane = check_lane(lane)
+        except ValueError as exc:
+            raise StreamctlError(str(exc)) from None
         if rate is not None and not rate > 0:
             raise StreamctlError("rate must be positive")
         if not jobs:
@@ -111,7 +118,10 @@ class BatchSender:
             (
                 f"{batch_id}-{index:05d}",
                 job,
-                close_kwargs(job, enqueued_at=now, expires_at=expires_at, batch_id=batch_id),
+                {
+                    **close_kwargs(job, enqueued_at=now, expires_at=expires_at, batch_id=batch_id),
+                    LANE_FIELD: lane,
+                },
             )
             for index, job in enumerate(jobs)
         ]
@@ -137,7 +147,9 @@ class BatchSender:
         try:
             # The targets are kept once the first messages are out: they are read only after
             # the batch has ended (--retry-failed).
-            self._publish(messages, then=lambda: self.batches.record_jobs(batch_id, records))
+            self._publish(
+                messages, lane, then=lambda: self.batches.record_jobs(batch_id, records)
+            )
         except Exception as exc:
             # Part of the batch may be queued: cancel it so none of it is sent, and say so.
             self.batches.cancel(batch_id)
@@ -150,6 +162,7 @@ class BatchSender:
     def _publish(
         self,
         messages: Sequence[tuple[str, CloseJob, dict[str, Any]]],
+        lane: Lane,
         *,
         then: Callable[[], None],
     ) -> None:
@@ -169,7 +182,7 @@ class BatchSender:
                     # (worker.consume.janitor); group by group, so the first messages go out at
                     # once.
                     self.jobs.record_pending(group_jobs)
-                    self._publish_group(producer, group)
+                    self._publish_group(producer, group, queue_for(lane))
                     if not published:
                         then()
                     published += len(group_jobs)
@@ -179,10 +192,12 @@ class BatchSender:
                 self.jobs.record_pending(jobs[published:])
             raise
 
-    def _publish_group(self, producer: Any, group: Sequence[Sequence[Any]]) -> None:
+    def _publish_group(
+        self, producer: Any, group: Sequence[Sequence[Any]], queue_name: str
+    ) -> None:
         """Publish a group of batch messages in one pipelined round trip."""
         amqp = self.app.amqp
-        queue = amqp.queues[self.app.conf.task_default_queue]
+        queue = amqp.queues[queue_name]
         # Declared once per group (kombu remembers it), not per message as send_task would.
         producer.maybe_declare(queue, retry=True, **PUBLISH_RETRY_POLICY)
         with producer.batch(max_size=PUBLISH_CHUNK * 2):
@@ -269,13 +284,14 @@ def reconnect(
     dry_run: bool = False,
     fmt: str = "auto",
     sender: BatchSender | None = None,
+    lane: Lane = BULK,
 ) -> StartedBatch:
     """Validate a target file and enqueue it as one batch; raises InvalidLines on bad lines."""
     targets = read_targets(source, fmt=fmt)
     if targets.errors and not skip_invalid:
         raise InvalidLines(targets.errors)
     started = (sender or BatchSender()).start(
-        targets.jobs, rate=rate, expires=expires, dry_run=dry_run
+        targets.jobs, rate=rate, expires=expires, dry_run=dry_run, lane=lane
     )
     return StartedBatch(
         started.batch_id,

@@ -17,6 +17,7 @@ from typing import Any
 
 from celery import Celery
 
+from config.lanes import LANE_FIELD, URGENT, Lane, check_lane, queue_for
 from config.settings import Settings, get_settings
 from worker.broker.app import CLOSE_TASK
 from worker.broker.app import app as default_app
@@ -116,8 +117,16 @@ class Producer:
         expires: float | None = None,
         job_id: str | None = None,
         batch_id: str | None = None,
+        lane: Lane = URGENT,
     ) -> str:
-        """Validate and enqueue one close; return its job id."""
+        """Validate and enqueue one close; return its job id.
+
+        ``lane``: ``urgent`` (the default: a single close is someone waiting) or ``bulk``.
+        """
+        try:
+            lane = check_lane(lane)
+        except ValueError as exc:
+            raise InvalidTarget(str(exc)) from None
         fields = {"app": app, "inst": inst, "stream": stream, "stream_id": stream_id}
         job, kwargs = job_kwargs(
             {k: v for k, v in fields.items() if v is not None},
@@ -126,6 +135,7 @@ class Producer:
             batch_id=batch_id,
             settings=self.settings,
         )
+        kwargs[LANE_FIELD] = lane
         job_id = job_id or str(uuid.uuid4())
         # This producer's claims, per thread: a caller that retries a failed enqueue from the
         # same thread finds its own claim (even one whose reply was lost) and goes on at once.
@@ -155,9 +165,12 @@ class Producer:
                 kwargs=kwargs,
                 task_id=job_id,
                 argsrepr="()",
-                kwargsrepr=repr(dict(job.target.as_fields())),
+                # What Flower shows: the target and the lane.
+                kwargsrepr=repr({**job.target.as_fields(), LANE_FIELD: lane}),
                 retry=True,
                 retry_policy=PUBLISH_RETRY_POLICY,
+                queue=queue_for(lane),
+                routing_key=queue_for(lane),
             )
         except Exception as exc:
             # With Redis unreachable too, the claim cannot be released: it expires instead.

@@ -7,26 +7,33 @@ Celery's own ``rate_limit`` is per worker; this one bounds all workers together.
 1. the job's batch was cancelled -> JobCancelled (nothing is sent);
 2. ``STREAMCTL_MAX_IN_FLIGHT`` requests are out -> wait for a release. In-flight slots are
    leases in a sorted set, scored by when they lapse, so a crashed worker's slots free
-   themselves after the HTTP timeouts;
+   themselves after the HTTP timeouts. An urgent attempt waiting for one is marked so, and
+   bulk attempts leave the next slot freed to it;
 3. the rates: GCRA (a virtual-scheduling token bucket) on the cluster key, and on the batch's
    own key when the batch has ``--rate``. The caller is given a send time and the script
-   reserves it, so waiting callers never race for the same slot and never poll. While the API
-   answered code 1000 recently (a shared "busy until" key), the cluster rate drops to
-   ``STREAMCTL_BUSY_RATE`` with no burst.
+   reserves it, so waiting callers never race for the same slot and never poll.
+4. the lanes (``config.lanes``): an urgent attempt reserves on the urgent lane's own key and
+   moves every bulk reservation back by one interval, so it goes ahead of bulk work already
+   waiting for its turn, and the lanes together stay within the rate plus burst (the script's
+   header has the reasoning). With ``STREAMCTL_URGENT_SHARE`` the bulk lane alone uses at most
+   ``1 - share`` of the rate. While the API answered code 1000 recently (a shared "busy until"
+   key), bulk drops to ``STREAMCTL_BUSY_RATE`` with no burst; urgent work slows down too only
+   when the API still answers 1000 after that.
 
-A wait up to ``STREAMCTL_THROTTLE_HOLD`` is slept in the worker thread; a longer one raises
-Throttled: the job goes back to the broker with a countdown, its send time stays reserved for
-it (a per-job slot key), so it does not queue again behind later jobs when it comes back. No
-wait outlasts the job's expiry (JobExpired instead).
+The reserved send time is kept for the job (a per-job slot key). A wait up to
+``STREAMCTL_THROTTLE_HOLD`` is slept in the worker thread, and then the thread asks again: its
+send time may have moved back for urgent work meanwhile. A longer wait raises Throttled: the job
+goes back to the broker with a countdown and its send time stays reserved, so it does not queue
+again behind later jobs when it comes back. No wait outlasts the job's expiry (JobExpired).
 
-A go without a wait also claims the attempt's timestamp (worker.api.clock) in the same script,
-so the common unthrottled attempt costs one round trip. After a wait the client claims it, right
-before it sends: a timestamp claimed before the wait would be seconds old at the send, and a
-later claim with a shorter wait could reach the API first.
+The go (always without a wait, see above) also claims the attempt's timestamp
+(worker.api.clock) in the same script: one round trip for an unthrottled attempt, and a
+timestamp claimed right before its send, never seconds old nor overtaken by a later claim.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
@@ -35,6 +42,7 @@ from dataclasses import dataclass
 
 import redis
 
+from config.lanes import URGENT
 from config.settings import Settings
 from worker.api.client import Permit, SendContext
 from worker.api.clock import CLAIM_TTL_SECONDS
@@ -49,6 +57,9 @@ log = logging.getLogger("streamctl.ratelimit")
 PREFIX = keys.LIMIT_PREFIX
 #: Spare seconds on an in-flight lease beyond the HTTP timeouts (signing, a slow thread).
 LEASE_MARGIN = 5.0
+#: How often an urgent attempt waiting for an in-flight slot asks again (its mark, which keeps
+#: bulk attempts off the next slot freed, lapses 2 s after its last ask).
+URGENT_POLL = 0.02
 
 GO, FULL, THROTTLED, CANCELLED, TOO_LATE = range(5)
 
@@ -68,6 +79,8 @@ class LimitConfig:
     #: Longest countdown a throttled job is handed back with: under half the visibility
     #: timeout, the same bound the retry countdowns keep (see Settings._check_timing).
     max_countdown: float
+    #: The share of the rate the bulk lane leaves to urgent work (STREAMCTL_URGENT_SHARE).
+    urgent_share: float = 0.0
 
     @classmethod
     def from_settings(cls, settings: Settings) -> LimitConfig:
@@ -80,6 +93,7 @@ class LimitConfig:
             hold=settings.throttle_hold,
             lease_seconds=settings.connect_timeout + settings.read_timeout + LEASE_MARGIN,
             max_countdown=settings.visibility_timeout / 2,
+            urgent_share=settings.urgent_share,
         )
 
 
@@ -92,6 +106,10 @@ class ClusterLimiter:
         self.prefix = prefix
         self.busy_key = keys.limiter_key(prefix, "busy_until")
         self._tat_key = keys.limiter_key(prefix, "tat")
+        self._urgent_tat_key = keys.limiter_key(prefix, "urgent:tat")
+        self._urgent_busy_key = keys.limiter_key(prefix, "urgent:busy_until")
+        self._shift_key = keys.limiter_key(prefix, "shift")
+        self._urgent_waiting_key = keys.limiter_key(prefix, "urgent:waiting")
         self._in_flight_key = keys.limiter_key(prefix, "in_flight")
         self._freed_key = keys.limiter_key(prefix, "freed")
         # Scripts and their KEYS/ARGV: lua/limiter_acquire.lua, lua/limiter_release.lua.
@@ -108,17 +126,16 @@ class ClusterLimiter:
     def before_send(self, context: SendContext) -> Permit:
         """Wait for the limiter's go; raise JobCancelled, JobExpired or Throttled instead.
 
-        With ``context.timestamp_key`` a go without a wait also carries the attempt's
-        timestamp, claimed in the same script: one Redis round trip before an unthrottled
-        attempt instead of two. After a wait the client claims (one more round trip, for
-        throttled attempts only). No wait outlasts the job's expiry.
+        With ``context.timestamp_key`` the go also carries the attempt's timestamp, claimed in
+        the same script. A wait is slept and then asked about again (the send time may have
+        moved back for urgent work). No wait outlasts the job's expiry.
         """
         config = self.config
         lease = uuid.uuid4().hex
         started = time.monotonic()
         while True:
             left = config.hold - (time.monotonic() - started)
-            status, wait_us, claimed = self._ask(context, lease, max(left, 0.0))
+            status, wait_us, claimed, slowed = self._ask(context, lease, max(left, 0.0))
             wait = wait_us / 1_000_000
             if status == CANCELLED:
                 raise JobCancelled("the batch was cancelled before this job was sent")
@@ -133,19 +150,27 @@ class ClusterLimiter:
                     raise JobExpired("every in-flight slot was busy until the job's expiry")
                 if left <= 0:
                     raise Throttled("every in-flight slot is busy", wait=min(1.0, config.hold))
-                self._wait_for_release(min(max(wait, 0.001), left, remaining))
+                longest = min(max(wait, 0.001), left, remaining)
+                if context.lane == URGENT:
+                    # Marked waiting, it gets the next slot freed: it asks again soon rather
+                    # than queue for the wake-up list with the bulk attempts.
+                    time.sleep(min(URGENT_POLL, longest))
+                else:
+                    self._wait_for_release(longest)
                 continue
             if wait > 0:
+                # Its send time is reserved (the slot key); asked again then, the script checks
+                # for a cancel and for urgent work that moved the time back meanwhile.
                 time.sleep(wait)
-                # A cancel that came while this thread slept still stops the send.
-                if context.batch_id and self.redis.hexists(
-                    batch_key(context.batch_id), "cancelled"
-                ):
-                    self._after(lease, None)
-                    raise JobCancelled("the batch was cancelled before this job was sent")
-            return Permit(after=lambda error: self._after(lease, error), timestamp=claimed or None)
+                continue
+            return Permit(
+                after=functools.partial(self._after, lease, escalate=bool(slowed)),
+                timestamp=claimed or None,
+            )
 
-    def _ask(self, context: SendContext, lease: str, max_wait: float) -> tuple[int, int, int]:
+    def _ask(
+        self, context: SendContext, lease: str, max_wait: float
+    ) -> tuple[int, int, int, int]:
         config = self.config
         job = context.job_id or lease
         script_keys = [
@@ -155,6 +180,10 @@ class ClusterLimiter:
             batch_key(context.batch_id),
             keys.limiter_batch_tat(self.prefix, context.batch_id),
             keys.limiter_slot(self.prefix, job),
+            self._urgent_tat_key,
+            self._urgent_busy_key,
+            self._shift_key,
+            self._urgent_waiting_key,
         ]
         if context.timestamp_key is not None:
             script_keys.append(context.timestamp_key)
@@ -173,29 +202,34 @@ class ClusterLimiter:
                 # Read at the claim, not when the attempt began (a wait for a slot may lie between).
                 context.timestamp_now() if context.timestamp_now is not None else 0,
                 CLAIM_TTL_SECONDS,
+                context.lane,
+                _us(1 / (config.rate * (1 - config.urgent_share))) if config.rate else 0,
             ],
         )
-        return int(reply[0]), int(reply[1]), int(reply[2]) if len(reply) > 2 else 0
+        return int(reply[0]), int(reply[1]), int(reply[2]), int(reply[3])
 
     def _wait_for_release(self, seconds: float) -> None:
         """Block on the wake-up list (a release pushes to it) rather than polling the script."""
         self.redis.blpop([self._freed_key], timeout=max(round(seconds, 3), 0.001))
 
-    def _after(self, lease: str, error: ApiError | None) -> None:
+    def _after(self, lease: str, error: ApiError | None, *, escalate: bool = False) -> None:
+        """Free the attempt's lease; note a 1000 (``escalate``: it slows urgent work too)."""
         busy = isinstance(error, ApiBusy)
         if busy:
             log.warning(
-                "API busy (code 1000): the cluster sends at most %g requests/s for %g s",
+                "API busy (code 1000): bulk work sends at most %g requests/s for %g s%s",
                 self.config.busy_rate,
                 self.config.busy_seconds,
+                ", urgent work too (busy while slowed down already)" if escalate else "",
             )
         if not self.config.max_in_flight and not busy:
             return
         self._release(
-            keys=[self._in_flight_key, self._freed_key, self.busy_key],
+            keys=[self._in_flight_key, self._freed_key, self.busy_key, self._urgent_busy_key],
             args=[
                 lease if self.config.max_in_flight else "",
                 self.config.max_in_flight or 1,
                 _us(self.config.busy_seconds) if busy else 0,
+                1 if escalate else 0,
             ],
         )

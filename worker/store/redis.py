@@ -81,7 +81,7 @@ def redis_client(settings: Settings) -> redis.Redis:
         )
     pool = redis.BlockingConnectionPool.from_url(
         settings.redis_url,
-        max_connections=settings.worker_concurrency + 8,
+        max_connections=settings.worker_concurrency + settings.urgent_threads + 8,
         timeout=POOL_WAIT,
         health_check_interval=30,
         socket_connect_timeout=5,

@@ -1,0 +1,146 @@
+"""Reserved capacity for urgent work inside every worker process.
+
+Two things would hold an urgent message back behind bulk work in a plain Celery worker, and
+each gets its own remedy here:
+
+* **Fetching.** One consumer channel carries a prefetch limit (QoS) for all its queues; with
+  acks_late, every bulk message a thread runs or waits for holds one of those slots until it
+  ends, so a saturated bulk lane leaves no slot for an urgent message even to be received.
+  ``UrgentConsumer`` (a consumer bootstep) consumes the urgent queues (``config.lanes``
+  URGENT_QUEUES) on a channel of its own, with its own prefetch limit, and takes them off the
+  main consumer, which keeps the bulk queue.
+* **Executing.** Celery's thread pool is one executor with one FIFO of submitted jobs, so a
+  received urgent job would wait behind the prefetched bulk ones. The pool is given a second
+  executor of STREAMCTL_URGENT_THREADS threads that bulk work never reaches (``route``).
+
+Both channels feed Celery's own task handler and strategies, so an urgent job is a normal
+Celery task: task events for Flower, acks_late, retries, revokes, the guard on malformed
+bodies. Redis and RabbitMQ alike: a channel has its own QoS on both.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from celery import bootsteps
+from celery.concurrency.base import apply_target
+from celery.concurrency.thread import ApplyResult
+from celery.concurrency.thread import TaskPool as ThreadTaskPool
+from kombu.common import ignore_errors
+
+from config.lanes import BULK_QUEUE, TASK_LANES, URGENT, URGENT_QUEUE, URGENT_QUEUES
+from config.settings import get_settings
+
+log = logging.getLogger("streamctl.lanes")
+
+#: Messages the urgent consumer holds per reserved thread: one running, others waiting or
+#: counting down to a retry (a countdown message stays unacknowledged until it runs).
+URGENT_PREFETCH_PER_THREAD = 4
+
+
+def runs_urgent(task_name: str, delivery_info: Mapping[str, Any] | None) -> bool:
+    """Whether a message runs on the reserved threads: by its queue, else its task's lane.
+
+    Messages of the urgent queue do; of the bulk queue do not (a batch job's retry is a single
+    close there); any other (the pre-lane queue, a raw message) by its task's default lane.
+    """
+    queue = (delivery_info or {}).get("routing_key")
+    if queue == URGENT_QUEUE:
+        return True
+    if queue == BULK_QUEUE:
+        return False
+    return TASK_LANES.get(task_name) == URGENT
+
+
+def route(
+    shared: Callable[..., ApplyResult], urgent: ThreadPoolExecutor
+) -> Callable[..., ApplyResult]:
+    """The pool's ``on_apply``, sending urgent jobs to the reserved executor.
+
+    Celery calls it with the trace function and ``(task name, id, request, body, ...)``; the
+    request carries the message's delivery info.
+    """
+
+    def on_apply(
+        target: Callable[..., Any],
+        args: Sequence[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        callback: Callable[..., Any] | None = None,
+        accept_callback: Callable[..., Any] | None = None,
+        **options: Any,
+    ) -> ApplyResult:
+        request = args[2] if args and len(args) > 2 else None
+        if isinstance(request, Mapping) and runs_urgent(
+            str(args[0]) if args else "", request.get("delivery_info")
+        ):
+            future = urgent.submit(apply_target, target, args, kwargs, callback, accept_callback)
+            return ApplyResult(future)
+        return shared(target, args, kwargs, callback, accept_callback, **options)
+
+    return on_apply
+
+
+class UrgentConsumer(bootsteps.ConsumerStep):  # type: ignore[misc]  # celery has no hints
+    """The urgent queues' own consumer channel, and the reserved threads (module docstring)."""
+
+    requires = ("celery.worker.consumer.tasks:Tasks",)
+
+    def __init__(self, c: Any, **kwargs: Any) -> None:
+        super().__init__(c, **kwargs)
+        settings = get_settings()
+        self.threads = settings.urgent_threads
+        queues = c.app.amqp.queues
+        # The urgent queues this worker was asked to consume (all, without -Q), taken off the
+        # main consumer; the main consumer's Tasks step builds its queue list when it starts.
+        self.queue_names = [name for name in URGENT_QUEUES if name in queues.consume_from]
+        if self.queue_names:
+            queues.deselect(self.queue_names)
+        self.executor: ThreadPoolExecutor | None = None
+        pool = c.pool
+        if isinstance(pool, ThreadTaskPool):
+            self.executor = ThreadPoolExecutor(
+                max_workers=self.threads, thread_name_prefix="urgent"
+            )
+            pool.on_apply = route(pool.on_apply, self.executor)
+        else:
+            log.warning(
+                "pool %s is not the thread pool: urgent jobs share its workers",
+                type(pool).__name__,
+            )
+
+    def start(self, c: Any) -> None:
+        if not self.queue_names:
+            return
+        channel = c.connection.channel()
+        amqp = c.app.amqp
+        consumer = amqp.TaskConsumer(
+            channel,
+            queues=[amqp.queues[name] for name in self.queue_names],
+            on_decode_error=c.on_decode_error,
+        )
+        # Celery's own handler: the same strategies, events and acknowledgements as any task.
+        consumer.on_message = c.create_task_handler()
+        consumer.qos(prefetch_count=self.threads * URGENT_PREFETCH_PER_THREAD)
+        self.consumers = [consumer]
+        consumer.consume()
+        log.info(
+            "urgent lane: consuming %s on a channel of its own, %d reserved threads",
+            ", ".join(self.queue_names),
+            self.threads,
+        )
+
+    def stop(self, c: Any) -> None:
+        """Stop fetching (a warm shutdown, a lost connection); the channel stays open, so that
+        urgent jobs still running acknowledge their messages on it."""
+        for consumer in self.consumers or []:
+            ignore_errors(c.connection, consumer.cancel)  # type: ignore[no-untyped-call]
+
+    def shutdown(self, c: Any) -> None:
+        """Let the running urgent jobs end, then close the channel: messages not started go
+        back to the queue (unacknowledged), for another worker."""
+        if self.executor is not None:
+            self.executor.shutdown(wait=True, cancel_futures=True)
+        super().shutdown(c)
