@@ -57,6 +57,9 @@ log = logging.getLogger("streamctl.ratelimit")
 PREFIX = keys.LIMIT_PREFIX
 #: Spare seconds on an in-flight lease beyond the HTTP timeouts (signing, a slow thread).
 LEASE_MARGIN = 5.0
+#: The longest a throttled job waits in the broker between two asks (it was half of the old
+#: 300 s visibility timeout): long enough not to churn, short enough to notice a cancel.
+MAX_HANDBACK_COUNTDOWN = 150.0
 #: How often an urgent attempt waiting for an in-flight slot asks again (its mark, which keeps
 #: bulk attempts off the next slot freed, lapses 2 s after its last ask).
 URGENT_POLL = 0.02
@@ -76,8 +79,9 @@ class LimitConfig:
     busy_seconds: float
     hold: float
     lease_seconds: float
-    #: Longest countdown a throttled job is handed back with: under half the visibility
-    #: timeout, the same bound the retry countdowns keep (see Settings._check_timing).
+    #: Longest countdown a throttled job is handed back with. Held messages are renewed
+    #: (worker.consume.renewer), so it need not fit the visibility timeout; a job that must
+    #: wait longer comes back, asks again and keeps its reserved send time.
     max_countdown: float
     #: The share of the rate the bulk lane leaves to urgent work (STREAMCTL_URGENT_SHARE).
     urgent_share: float = 0.0
@@ -92,7 +96,7 @@ class LimitConfig:
             busy_seconds=settings.busy_backoff,
             hold=settings.throttle_hold,
             lease_seconds=settings.connect_timeout + settings.read_timeout + LEASE_MARGIN,
-            max_countdown=settings.visibility_timeout / 2,
+            max_countdown=min(MAX_HANDBACK_COUNTDOWN, settings.job_expiry / 2),
             urgent_share=settings.urgent_share,
         )
 
