@@ -5,6 +5,8 @@ Every value comes from the one settings object; nothing here is a second source 
 
 from __future__ import annotations
 
+from config.brokers import broker_transport_options as _broker_transport_options
+from config.brokers import declare_queue as _declare_queue
 from config.settings import get_settings as _get_settings
 from config.urls import celery_url
 
@@ -15,15 +17,8 @@ result_backend = celery_url(_settings.redis_url)
 # TLS verified, always (config.tls): kombu alone would not check a rediss:// certificate.
 broker_use_ssl = _settings.broker_ssl or False
 redis_backend_use_ssl = _settings.redis_ssl or {}
-# Redis redelivers a message that was not acknowledged within this time (a crashed worker).
-# Kept shorter than a job's expiry and longer than any countdown (checked by Settings).
-# Kombu sweeps for such messages every interval x throttle seconds, 100 s by default, which
-# would add up to 100 s to a lost job's wait: sweep every tenth of the timeout (10 s at most).
-broker_transport_options = {
-    "visibility_timeout": _settings.visibility_timeout,
-    "unacked_restore_interval": max(1, min(10, round(_settings.visibility_timeout / 10))),
-    "unacked_restore_throttle": 1,
-}
+# Per broker (config.brokers): RabbitMQ publishes with confirms; Redis has its visibility timeout.
+broker_transport_options = _broker_transport_options(_settings)
 result_backend_transport_options = {"retry_policy": {"timeout": 5.0}}
 broker_connection_retry_on_startup = True
 
@@ -50,5 +45,10 @@ task_send_sent_event = True
 
 # The task modules are given to the app (worker.broker.links.TASK_MODULES): config/ names
 # nothing of worker/ or tasks/.
+
+# The task queue, declared for the broker (config.brokers: a quorum queue on RabbitMQ).
 task_default_queue = "streamctl"
+task_queues = (_declare_queue(task_default_queue, _settings),)
+# Messages survive a broker restart (Celery's default, stated here because it is relied on).
+task_default_delivery_mode = "persistent"
 worker_hijack_root_logger = False

@@ -7,6 +7,7 @@ from typing import Any
 from celery import Task
 from celery.exceptions import Reject
 
+from config.brokers import delayed_delivery_seconds
 from worker.broker import messages
 from worker.broker.app import CLOSE_MANY_TASK, CLOSE_TASK, app
 from worker.consume.runner import AlreadyFinal, Delivery, RetryLater
@@ -27,7 +28,8 @@ def close_stream(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
     outcome = runner().run(Delivery(job_id=self.request.id, args=tuple(args), kwargs=kwargs))
     if isinstance(outcome, RetryLater):
         # The job's counts travel in its kwargs (worker.api.retry), not in Celery's retries.
-        raise self.retry(countdown=outcome.countdown, kwargs=outcome.kwargs, max_retries=None)
+        countdown = delayed_delivery_seconds(outcome.countdown)  # RabbitMQ counts whole seconds
+        raise self.retry(countdown=countdown, kwargs=outcome.kwargs, max_retries=None)
     if isinstance(outcome, AlreadyFinal):
         return outcome.result
     return outcome.to_dict()

@@ -1,61 +1,78 @@
-"""Another broker: the whole path on RabbitMQ (state and results stay on Redis)."""
+"""RabbitMQ as the broker: the whole path on a quorum queue (state and results stay on Redis).
+
+Each test takes a virtual host of its own on the machine's RabbitMQ (tests.faults.harness).
+"""
 
 from __future__ import annotations
 
-import os
-import secrets
-import socket
 import time
 import uuid
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import pytest
 
-from tests.faults.harness import cluster, report, unique_target
+from tests.faults.harness import (
+    RABBITMQ_URL,
+    cluster,
+    rabbitmq_reachable,
+    rabbitmq_vhost,
+    rabbitmqctl,
+    report,
+    unique_target,
+)
+from worker.broker import messages
 from worker.broker.app import CLOSE_TASK
+from worker.model.targets import CloseJob
+from worker.produce.producer import close_kwargs
 
-pytestmark = pytest.mark.faults
-
-RABBITMQ_URL = os.environ.get("STREAMCTL_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
-
-
-def reachable(url: str) -> bool:
-    parts = urlsplit(url)
-    try:
-        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 5672), 2):
-            return True
-    except OSError:
-        return False
+pytestmark = [
+    pytest.mark.faults,
+    pytest.mark.skipif(not rabbitmq_reachable(), reason=f"no RabbitMQ at {RABBITMQ_URL}"),
+]
 
 
-@pytest.mark.skipif(not reachable(RABBITMQ_URL), reason=f"no RabbitMQ at {RABBITMQ_URL}")
+def queue_types(vhost_url: str) -> dict[str, tuple[str, str]]:
+    """Each queue of the virtual host: its type and whether it is durable."""
+    vhost = vhost_url.rsplit("/", 1)[1]
+    listing = rabbitmqctl(
+        "list_queues", "-p", vhost, "--no-table-headers", "name", "type", "durable"
+    )
+    rows = [line.split("\t") for line in listing.splitlines() if line.strip()]
+    return {name: (kind, durable) for name, kind, durable in rows}
+
+
 def test_close_outcomes_with_rabbitmq_as_the_broker(tmp_path: Path, sandbox: Any) -> None:
-    # A queue of this run's own: leftovers of other runs on the shared broker do not matter.
-    queue = f"streamctl-faults-{secrets.token_hex(4)}"
-    with cluster(tmp_path, broker_url=RABBITMQ_URL, queue=queue) as fleet:
-        with fleet.app.connection_for_write() as connection:
-            fleet.app.amqp.queues[queue].bind(connection.default_channel).declare()
-            purged = connection.default_channel.queue_purge(queue)
-        try:
-            fleet.start_worker("worker", concurrency=8)
-            targets = {name: unique_target(f"amqp-{name}") for name in ("ok", "refused", "flaky")}
-            sandbox.inject(targets["refused"], "refuse", code="0005")
-            # More failures than one delivery's five attempts: only a Celery retry, published
-            # with a countdown through RabbitMQ, can reach the success.
-            sandbox.inject(targets["flaky"], "http_error", status=503, times=8)
-            jobs = {fleet.producer.close(**target): name for name, target in targets.items()}
-            bad, stale = str(uuid.uuid4()), str(uuid.uuid4())
-            fleet.app.send_task(CLOSE_TASK, kwargs={"stream_id": -1}, task_id=bad)
-            late = {**unique_target("amqp-stale"), "expires_at": time.time() - 1}
-            fleet.app.send_task(CLOSE_TASK, kwargs=late, task_id=stale)
-            jobs.update({bad: "malformed", stale: "stale"})
-            results = fleet.wait_for(jobs, timeout=90)
-            log = fleet.workers[0].log()
-        finally:
-            with fleet.app.connection_for_write() as connection:
-                connection.default_channel.queue_delete(queue)
+    with rabbitmq_vhost() as broker_url, cluster(tmp_path, broker_url=broker_url) as fleet:
+        fleet.start_worker("worker", concurrency=8)
+        targets = {
+            name: unique_target(f"amqp-{name}") for name in ("ok", "refused", "flaky", "handed")
+        }
+        sandbox.inject(targets["refused"], "refuse", code="0005")
+        # More failures than one delivery's five attempts: only a Celery retry, published
+        # with a countdown through RabbitMQ's delayed delivery, can reach the success.
+        sandbox.inject(targets["flaky"], "http_error", status=503, times=8)
+        jobs = {
+            fleet.producer.close(**{k: v for k, v in t.items()}): name
+            for name, t in targets.items()
+            if name != "handed"
+        }
+        bad, stale, handed = (str(uuid.uuid4()) for _ in range(3))
+        fleet.app.send_task(CLOSE_TASK, kwargs={"stream_id": -1}, task_id=bad)
+        late = {**unique_target("amqp-stale"), "expires_at": time.time() - 1}
+        fleet.app.send_task(CLOSE_TASK, kwargs=late, task_id=stale)
+        # A batch job handed back with a countdown under a second (the limiter's hand-back,
+        # a retry whose expiry leaves little room): delayed delivery counts whole seconds.
+        now = time.time()
+        kwargs = close_kwargs(
+            CloseJob.parse(targets["handed"]), enqueued_at=now, expires_at=now + 30, batch_id=None
+        )
+        fleet.producer.state.record_pending([(handed, kwargs)])
+        messages.send_retry(fleet.app, handed, kwargs, countdown=0.4)
+        jobs.update({bad: "malformed", stale: "stale", handed: "handed"})
+        results = fleet.wait_for(jobs, timeout=60)
+        log = fleet.workers[0].log()
+        queues = queue_types(broker_url)
 
     outcomes = {
         jobs[job_id]: found[0]["outcome"] if found else "lost" for job_id, found in results.items()
@@ -64,18 +81,20 @@ def test_close_outcomes_with_rabbitmq_as_the_broker(tmp_path: Path, sandbox: Any
     report(
         "rabbitmq",
         broker="RabbitMQ",
-        leftover_messages_purged=purged or 0,
+        queue=queues["streamctl"],
         outcomes=outcomes,
         flaky_attempts=len(flaky["attempts"]),
         lost=sum(1 for outcome in outcomes.values() if outcome == "lost"),
     )
     assert "amqp://" in log  # the worker really ran on RabbitMQ
+    assert queues["streamctl"] == ("quorum", "true")
     assert outcomes == {
         "ok": "success",
         "refused": "failure",
         "flaky": "success",
         "malformed": "rejected",
         "stale": "expired",
+        "handed": "success",
     }
     assert [a["http_status"] for a in flaky["attempts"]] == [503] * 8 + [200]
     assert len(sandbox.requests_for(targets["flaky"])) == 9

@@ -23,6 +23,7 @@ from typing import Any
 
 from celery import Celery
 
+from config.brokers import delayed_delivery_seconds
 from worker.broker.app import CLOSE_MANY_TASK, CLOSE_TASK
 from worker.errors import InvalidChunk
 
@@ -107,7 +108,11 @@ def send_retry(app: Celery, job_id: str, kwargs: Mapping[str, Any], *, countdown
     ``kwargs`` carry the job's counts, as the runner brought them up to date.
     """
     app.send_task(
-        CLOSE_TASK, kwargs=dict(kwargs), task_id=job_id, countdown=countdown, ignore_result=True
+        CLOSE_TASK,
+        kwargs=dict(kwargs),
+        task_id=job_id,
+        countdown=delayed_delivery_seconds(countdown),
+        ignore_result=True,
     )
 
 
