@@ -98,3 +98,28 @@ def test_close_outcomes_with_rabbitmq_as_the_broker(tmp_path: Path, sandbox: Any
     }
     assert [a["http_status"] for a in flaky["attempts"]] == [503] * 8 + [200]
     assert len(sandbox.requests_for(targets["flaky"])) == 9
+
+
+def test_two_plain_workers_on_one_host_both_run(tmp_path: Path, sandbox: Any) -> None:
+    # Both without -n: with one node name for both, the second died of RESOURCE_LOCKED on the
+    # first one's exclusive control queue (celery@host.celery.pidbox).
+    with rabbitmq_vhost() as broker_url, cluster(tmp_path, broker_url=broker_url) as fleet:
+        first = fleet.start_worker("first", concurrency=2)
+        second = fleet.start_worker("second", concurrency=2)
+        targets = [unique_target("amqp-two") for _ in range(8)]
+        for target in targets:
+            sandbox.inject(target, "slow", delay=0.5)  # more than two threads can hold at once
+        jobs = [fleet.producer.close(**target) for target in targets]
+        results = fleet.wait_for(jobs, timeout=30)
+        pinged = fleet.app.control.ping(timeout=2)
+        alive = [first.alive(), second.alive()]
+
+    names = sorted(name for reply in pinged for name in reply)
+    ran_on = {found[0]["worker"] for found in results.values() if found}
+    report("rabbitmq-two-workers", nodes=names, ran_on=sorted(ran_on))
+    assert alive == [True, True]
+    assert [found[0]["outcome"] if found else "lost" for found in results.values()] == [
+        "success"
+    ] * 8
+    assert len(ran_on) == 2  # both consumed
+    assert len(names) == 2 and all(name.startswith("streamctl-") for name in names), names
