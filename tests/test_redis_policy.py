@@ -153,7 +153,9 @@ def test_a_worker_refuses_an_evicting_broker(servers: dict[str, EmbeddedRedis]) 
 
 
 def test_several_worker_processes_refuse_too(servers: dict[str, EmbeddedRedis]) -> None:
-    done = run_worker((*STREAMCTL_WORKER, "--processes", "2"), REDIS_URL=servers["allkeys-lru"].url)
+    done = run_worker(
+        (*STREAMCTL_WORKER, "--processes", "2"), REDIS_URL=servers["allkeys-lru"].url
+    )
     output = done.stdout + done.stderr
     assert done.returncode != 0, output
     assert "maxmemory-policy is allkeys-lru" in output, output

@@ -81,6 +81,7 @@ def test_a_joiner_outside_an_emoji_sequence_is_refused(name: str) -> None:
         Target.parse({"app": "demo-origin", "inst": "live", "stream": name})
 
 
+
 def test_close_refuses_a_bidi_override_and_enqueues_nothing(redis_client: redis.Redis) -> None:
     before = redis_client.llen("streamctl")
     done = CliRunner().invoke(

@@ -52,7 +52,6 @@ LEASE_MARGIN = 5.0
 
 GO, FULL, THROTTLED, CANCELLED, TOO_LATE = range(5)
 
-
 def _us(seconds: float) -> int:
     return math.ceil(seconds * 1_000_000)
 
