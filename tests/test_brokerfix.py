@@ -15,7 +15,9 @@ from worker.errors import StreamctlError
 
 def transport_without(name: str) -> types.ModuleType:
     """A stand-in for ``kombu.transport.redis`` whose Channel lacks ``name``."""
-    members = {attr: getattr(kombu_redis.Channel, attr) for attr in brokerfix.PATCHED}
+    members = {
+        attr: getattr(kombu_redis.Channel, attr) for attr in brokerfix.PATCHED
+    }
     del members[name]
     fake = types.ModuleType("kombu.transport.redis")
     fake.Channel = type("Channel", (), members)  # type: ignore[attr-defined]
