@@ -23,7 +23,9 @@ from tests.faults.harness import (
 )
 from worker.broker import messages
 from worker.broker.app import CLOSE_TASK
+from worker.errors import EnqueueError
 from worker.model.targets import CloseJob
+from worker.produce.batch import BatchSender
 from worker.produce.producer import close_kwargs
 
 pytestmark = [
@@ -32,14 +34,14 @@ pytestmark = [
 ]
 
 
-def queue_types(vhost_url: str) -> dict[str, tuple[str, str]]:
+def queue_types(vhost_url: str) -> dict[str, tuple[str, ...]]:
     """Each queue of the virtual host: its type and whether it is durable."""
     vhost = vhost_url.rsplit("/", 1)[1]
     listing = rabbitmqctl(
         "list_queues", "-p", vhost, "--no-table-headers", "name", "type", "durable"
     )
     rows = [line.split("\t") for line in listing.splitlines() if line.strip()]
-    return {name: (kind, durable) for name, kind, durable in rows}
+    return {name: tuple(values) for name, *values in rows}
 
 
 def test_close_outcomes_with_rabbitmq_as_the_broker(tmp_path: Path, sandbox: Any) -> None:
@@ -123,3 +125,32 @@ def test_two_plain_workers_on_one_host_both_run(tmp_path: Path, sandbox: Any) ->
     ] * 8
     assert len(ran_on) == 2  # both consumed
     assert len(names) == 2 and all(name.startswith("streamctl-") for name in names), names
+
+
+def test_an_enqueue_returns_only_for_a_job_the_broker_holds(tmp_path: Path) -> None:
+    # A queue that refuses messages past its length limit (as a full queue or a disk alarm
+    # would): the broker says so with a nack, which only a producer that waits for publisher
+    # confirms hears. Without them every enqueue returned and the refused jobs were gone.
+    with rabbitmq_vhost() as broker_url, cluster(tmp_path, broker_url=broker_url) as fleet:
+        vhost = broker_url.rsplit("/", 1)[1]
+        limit = '{"max-length": 1, "overflow": "reject-publish"}'
+        rabbitmqctl("set_policy", "-p", vhost, "--apply-to", "queues", "one", "^streamctl$", limit)
+        returned, refused = 0, 0
+        for _ in range(5):
+            try:
+                fleet.producer.close(**unique_target("amqp-full"))
+                returned += 1
+            except EnqueueError as exc:
+                assert "the broker refused it (MessageNacked" in str(exc)
+                refused += 1
+        sender = BatchSender(fleet.settings, fleet.app)
+        batch = [CloseJob.parse(unique_target("amqp-batch")) for _ in range(3)]
+        with pytest.raises(EnqueueError, match="it was cancelled"):
+            sender.start(batch)
+        with fleet.app.connection_for_write() as connection:
+            # A passive declare counts at once (list_queues' figures for a quorum queue lag).
+            queued = connection.default_channel.queue_declare("streamctl", passive=True)[1]
+
+    report("rabbitmq-confirms", returned=returned, refused=refused, queued=queued)
+    assert returned >= 1 and refused >= 1
+    assert queued == returned  # exactly the jobs whose enqueue returned

@@ -15,6 +15,7 @@ import time
 import uuid
 from typing import Any
 
+from amqp.exceptions import MessageNacked
 from celery import Celery
 
 from config.settings import Settings, get_settings
@@ -152,13 +153,22 @@ class Producer:
             # With Redis unreachable too, the claim cannot be released: it expires instead.
             with contextlib.suppress(Exception):
                 self.state.release_job_id(job_id, token, request)
-            raise EnqueueError(
-                f"could not enqueue the job: the broker is unreachable ({type(exc).__name__})"
-            ) from None
+            raise EnqueueError(f"could not enqueue the job: {broker_failure(exc)}") from None
         # Published: a failure to record it only shortens how long the id stays deduplicated.
         with contextlib.suppress(Exception):
             self.state.confirm_job_id(job_id, request)
         return job_id
+
+
+def broker_failure(exc: BaseException) -> str:
+    """Why a publish failed, for an EnqueueError: refused by the broker, or not reached.
+
+    On RabbitMQ every publish waits for the broker's confirm (config.brokers): a nack means
+    the broker holds nothing of the message (a full queue, a memory or disk alarm).
+    """
+    if isinstance(exc, MessageNacked):
+        return "the broker refused it (MessageNacked: a full queue or a resource alarm)"
+    return f"the broker is unreachable ({type(exc).__name__})"
 
 
 def enqueue_close(**target: Any) -> str:
