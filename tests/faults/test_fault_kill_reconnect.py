@@ -1,0 +1,131 @@
+"""Issue 13's measure: one of two workers on one host SIGKILLed 8 s into a 2,000-target
+reconnect at 100/s, on each broker.
+
+The timing that decides the outcome is the production one: the default visibility timeout
+(300 s) and job expiry (900 s), not the fault suite's quick ones. RabbitMQ hands the killed
+worker's unacknowledged messages back the moment its connection drops; kombu's Redis transport
+waits for the visibility timeout, so the Redis case meets its bound only with the recovery of
+issue 13 items 3-5 (another branch): until that is merged it is an expected failure.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.faults.harness import (
+    RABBITMQ_URL,
+    cluster,
+    lost_and_doubled,
+    outcomes,
+    rabbitmq_reachable,
+    rabbitmq_vhost,
+    report,
+    unique_target,
+)
+from worker.model.targets import CloseJob
+from worker.produce.batch import BatchSender
+
+pytestmark = pytest.mark.faults
+
+JOBS = 2000
+RATE = 100.0
+KILL_AFTER = 8.0
+THREADS = 16
+#: Seconds from the start of the enqueue to the batch's last result (issue 13).
+BOUND = {"rabbitmq": 35.0, "redis": 60.0}
+#: The production timing of redelivery and expiry (README, Configuration).
+PRODUCTION_TIMING = {"STREAMCTL_VISIBILITY_TIMEOUT": "300", "STREAMCTL_JOB_EXPIRY": "900"}
+
+
+@contextlib.contextmanager
+def broker(kind: str) -> Iterator[str | None]:
+    """The broker URL of a test's own (None: the cluster's Redis is the broker)."""
+    if kind == "redis":
+        yield None
+        return
+    with rabbitmq_vhost() as url:
+        yield url
+
+
+@pytest.mark.parametrize(
+    "kind",
+    [
+        pytest.param(
+            "rabbitmq",
+            marks=pytest.mark.skipif(
+                not rabbitmq_reachable(), reason=f"no RabbitMQ at {RABBITMQ_URL}"
+            ),
+        ),
+        pytest.param(
+            "redis",
+            marks=pytest.mark.xfail(
+                strict=False,
+                reason="Redis redelivers a killed worker's jobs after the 300 s visibility "
+                "timeout until issue 13's Redis recovery (items 3-5, another branch) is merged",
+            ),
+        ),
+    ],
+)
+def test_a_worker_killed_8s_into_a_reconnect(kind: str, tmp_path: Path, sandbox: Any) -> None:
+    with broker(kind) as url, cluster(tmp_path, tuning=PRODUCTION_TIMING, broker_url=url) as fleet:
+        # Two plain `streamctl worker` on one host (no -n): their own node names.
+        doomed = fleet.start_worker("doomed", concurrency=THREADS)
+        fleet.start_worker("survivor", concurrency=THREADS)
+        replays_before = sandbox.stats()["replays"]
+        jobs = [CloseJob.parse(unique_target(f"kill-{kind}")) for _ in range(JOBS)]
+        started = time.monotonic()
+        batch = BatchSender(fleet.settings, fleet.app).start(jobs, rate=RATE)
+        targets = dict(zip(batch.job_ids, jobs, strict=True))
+        time.sleep(max(0.0, started + KILL_AFTER - time.monotonic()))
+        done_at_kill = len(fleet.read_results())
+        doomed_pid = doomed.process.pid if doomed.process else -1
+        doomed.kill()
+        killed_at = time.time()
+        results = fleet.wait_for(
+            batch.job_ids, timeout=started + BOUND[kind] + 2 - time.monotonic()
+        )
+        finished = time.monotonic()
+        last_result = max(
+            (found[0]["finished_at"] for found in results.values() if found), default=""
+        )
+
+    lost, doubled = lost_and_doubled(results)
+    requests = {
+        job_id: sandbox.requests_for(targets[job_id].target.as_fields()) for job_id in results
+    }
+    sent_twice = [job_id for job_id, seen in requests.items() if len(seen) > 1]
+    figures = report(
+        f"kill-reconnect-{kind}",
+        broker=kind,
+        jobs=JOBS,
+        rate=RATE,
+        workers=2,
+        threads=THREADS,
+        killed_after_s=KILL_AFTER,
+        done_at_kill=done_at_kill,
+        all_done=lost == 0,
+        batch_seconds=round(finished - started, 1),
+        last_result=last_result,
+        lost=lost,
+        duplicate_results=doubled,
+        duplicates_sent=len(sent_twice),
+        replays=sandbox.stats()["replays"] - replays_before,
+        outcomes=dict(outcomes(results)),
+        killed_pid=doomed_pid,
+    )
+    assert 0 < done_at_kill < JOBS, "the kill did not fall inside the batch"
+    assert figures["lost"] == 0, f"{lost} jobs without a result {BOUND[kind]} s after the start"
+    assert figures["outcomes"] == {"success": JOBS}
+    assert figures["duplicate_results"] == 0
+    assert figures["replays"] == 0
+    # README "Reliability": at most one close sent twice per thread of the killed worker, each
+    # first sent before the kill.
+    assert len(sent_twice) <= THREADS
+    for job_id in sent_twice:
+        assert requests[job_id][0]["received_at"] <= killed_at
