@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from kombu import Exchange, Queue
+from kombu.entity import Exchange, Queue
 
 if TYPE_CHECKING:
     from config.settings import Settings
@@ -41,14 +41,14 @@ def declare_queue(name: str, settings: Settings) -> Queue:
     name, as Celery declares one.
     """
     if is_amqp(settings.broker_url):
-        return Queue(
+        return Queue(  # type: ignore[no-untyped-call]
             name,
-            Exchange(name, type="topic", durable=True),
+            Exchange(name, type="topic", durable=True),  # type: ignore[no-untyped-call]
             routing_key=name,
             durable=True,
             queue_arguments={"x-queue-type": "quorum"},
         )
-    return Queue(name, Exchange(name, type="direct"), routing_key=name)
+    return Queue(name, Exchange(name, type="direct"), routing_key=name)  # type: ignore[no-untyped-call]
 
 
 def broker_transport_options(settings: Settings) -> dict[str, Any]:
