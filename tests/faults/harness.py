@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import pytest
 import redis
 from celery import Celery
 
@@ -126,6 +127,27 @@ def rabbitmq_vhost() -> Iterator[str]:
         yield urlunsplit(parts._replace(path="/" + vhost))
     finally:
         rabbitmqctl("delete_vhost", vhost)
+
+
+@contextmanager
+def broker(kind: str) -> Iterator[str | None]:
+    """A test's broker URL for a parametrized test: ``"rabbitmq"`` a virtual host of its own,
+    ``"redis"`` None (the cluster's own Redis is the broker)."""
+    if kind == "redis":
+        yield None
+        return
+    with rabbitmq_vhost() as url:
+        yield url
+
+
+#: Parameters for a test that runs on each broker; the RabbitMQ case needs the server.
+BROKERS = [
+    pytest.param("redis"),
+    pytest.param(
+        "rabbitmq",
+        marks=pytest.mark.skipif(not rabbitmq_reachable(), reason=f"no RabbitMQ at {RABBITMQ_URL}"),
+    ),
+]
 
 
 def close_vhost_connections(url: str) -> None:

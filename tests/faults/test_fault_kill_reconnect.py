@@ -10,9 +10,7 @@ issue 13 items 3-5 (another branch): until that is merged it is an expected fail
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +18,11 @@ import pytest
 
 from tests.faults.harness import (
     RABBITMQ_URL,
+    broker,
     cluster,
     lost_and_doubled,
     outcomes,
     rabbitmq_reachable,
-    rabbitmq_vhost,
     report,
     unique_target,
 )
@@ -41,16 +39,6 @@ THREADS = 16
 BOUND = {"rabbitmq": 35.0, "redis": 60.0}
 #: The production timing of redelivery and expiry (README, Configuration).
 PRODUCTION_TIMING = {"STREAMCTL_VISIBILITY_TIMEOUT": "300", "STREAMCTL_JOB_EXPIRY": "900"}
-
-
-@contextlib.contextmanager
-def broker(kind: str) -> Iterator[str | None]:
-    """The broker URL of a test's own (None: the cluster's Redis is the broker)."""
-    if kind == "redis":
-        yield None
-        return
-    with rabbitmq_vhost() as url:
-        yield url
 
 
 @pytest.mark.parametrize(

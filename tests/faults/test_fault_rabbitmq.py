@@ -5,6 +5,7 @@ Each test takes a virtual host of its own on the machine's RabbitMQ (tests.fault
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -14,13 +15,16 @@ import pytest
 
 from tests.faults.harness import (
     RABBITMQ_URL,
+    close_vhost_connections,
     cluster,
+    lost_and_doubled,
     rabbitmq_reachable,
     rabbitmq_vhost,
     rabbitmqctl,
     report,
     unique_target,
 )
+from tests.faults.harness import outcomes as outcome_counts
 from worker.broker import messages
 from worker.broker.app import CLOSE_TASK
 from worker.errors import EnqueueError
@@ -154,3 +158,114 @@ def test_an_enqueue_returns_only_for_a_job_the_broker_holds(tmp_path: Path) -> N
     report("rabbitmq-confirms", returned=returned, refused=refused, queued=queued)
     assert returned >= 1 and refused >= 1
     assert queued == returned  # exactly the jobs whose enqueue returned
+
+
+RESTART_JOBS = 150
+
+
+def test_broker_restart_mid_run_loses_nothing(tmp_path: Path, sandbox: Any) -> None:
+    # The shared RabbitMQ cannot be stopped (other runs use it): every connection to this
+    # test's virtual host is closed instead, which is what a restart does to the clients.
+    with rabbitmq_vhost() as broker_url, cluster(tmp_path, broker_url=broker_url) as fleet:
+        fleet.start_worker("a", concurrency=4)
+        fleet.start_worker("b", concurrency=4)
+        accepted: list[str] = []
+        failed_enqueues: list[str] = []
+        unexpected: list[BaseException] = []
+
+        def produce() -> None:
+            """A producer that, like any caller, retries an enqueue that raised EnqueueError."""
+            try:
+                for index in range(RESTART_JOBS):
+                    target, job_id = unique_target("amqp-restart"), f"amqp-restart-{index}"
+                    while True:
+                        try:
+                            fleet.producer.close(**target, job_id=job_id)
+                        except EnqueueError as exc:
+                            failed_enqueues.append(f"{job_id}: {exc}")
+                            time.sleep(0.2)
+                            continue
+                        accepted.append(job_id)
+                        break
+                    time.sleep(0.02)  # a steady trickle, so enqueues straddle the restart
+            except BaseException as exc:  # anything but EnqueueError is a finding
+                unexpected.append(exc)
+
+        producer = threading.Thread(target=produce, daemon=True)
+        producer.start()
+        while len(accepted) < RESTART_JOBS // 3 and producer.is_alive():
+            time.sleep(0.05)
+        enqueued_before = len(accepted)
+        close_vhost_connections(broker_url)
+        producer.join(timeout=120)
+        assert not producer.is_alive(), "the producer hung"
+        results = fleet.wait_for(accepted, timeout=60)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not all(
+            worker.log().count("Connected to amqp") >= 2 for worker in fleet.workers
+        ):
+            time.sleep(0.2)
+        reconnected = sum(worker.log().count("Connected to amqp") >= 2 for worker in fleet.workers)
+        workers_alive = all(worker.alive() for worker in fleet.workers)
+
+    lost, doubled = lost_and_doubled(results)
+    figures = report(
+        "rabbitmq-restart",
+        jobs=RESTART_JOBS,
+        enqueued_before_restart=enqueued_before,
+        enqueue_errors_retried=len(failed_enqueues),
+        lost=lost,
+        duplicate_results=doubled,
+        outcomes=dict(outcome_counts(results)),
+        workers_reconnected=reconnected,
+    )
+    assert not unexpected, f"the producer raised {unexpected[0]!r}"
+    assert all("unreachable" in text for text in failed_enqueues), failed_enqueues[:3]
+    assert len(results) == RESTART_JOBS
+    assert figures["lost"] == 0 and figures["duplicate_results"] == 0
+    # RabbitMQ gives the unacknowledged messages of a closed connection back: nothing is lost
+    # in transit, nothing ends by the janitor.
+    assert figures["outcomes"] == {"success": RESTART_JOBS}
+    assert workers_alive and reconnected == 2
+
+
+def test_raw_garbage_on_the_queue_never_takes_a_worker_down(tmp_path: Path, sandbox: Any) -> None:
+    # On a quorum queue a message given back forever would loop; each of these must be dropped
+    # (acknowledged or rejected without requeue) and the worker go on serving.
+    garbage: list[tuple[bytes, str, dict[str, Any]]] = [
+        (b"\x00\xffnot json", "application/json", {}),
+        (b"[1, 2", "application/json", {"task": CLOSE_TASK, "id": "g-1"}),
+        (b'{"a": 1}', "application/json", {"task": CLOSE_TASK, "id": "g-2"}),
+        (b'[[], {"stream_id": 1}, {}]', "application/json", {"task": "no.such.task", "id": "g-3"}),
+        (b"\x80\x04K\x01.", "application/x-python-serialize", {"task": CLOSE_TASK, "id": "g-4"}),
+        (b"plain text", "text/plain", {}),
+    ]
+    with rabbitmq_vhost() as broker_url, cluster(tmp_path, broker_url=broker_url) as fleet:
+        worker = fleet.start_worker("worker", concurrency=4)
+        queue = fleet.app.amqp.queues["streamctl"]
+        with fleet.app.producer_or_acquire() as producer:
+            for body, content_type, headers in garbage:
+                producer.publish(
+                    body,
+                    exchange=queue.exchange,
+                    routing_key=queue.routing_key,
+                    content_type=content_type,
+                    content_encoding="utf-8"
+                    if content_type != "application/x-python-serialize"
+                    else "binary",
+                    headers=headers,
+                    declare=[queue],
+                )
+        after = unique_target("amqp-after-garbage")
+        job_id = fleet.producer.close(**after)
+        results = fleet.wait_for([job_id], timeout=30)
+        time.sleep(1)  # the broker's counts settle
+        with fleet.app.connection_for_write() as connection:
+            left = connection.default_channel.queue_declare("streamctl", passive=True)
+        alive = worker.alive()
+        log = worker.log()
+
+    report("rabbitmq-garbage", messages=len(garbage), left_on_queue=left[1], consumers=left[2])
+    assert alive, log[-3000:]
+    assert results[job_id] and results[job_id][0]["outcome"] == "success"
+    assert left[1] == 0  # nothing given back to loop on the queue
