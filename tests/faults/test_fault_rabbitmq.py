@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import TEST_API_KEY, TEST_SECRET
 from tests.faults.harness import (
     RABBITMQ_URL,
     close_vhost_connections,
@@ -25,6 +26,7 @@ from tests.faults.harness import (
     unique_target,
 )
 from tests.faults.harness import outcomes as outcome_counts
+from tests.faults.test_fault_leaks import SIGNATURE_SHAPE
 from worker.broker import messages
 from worker.broker.app import CLOSE_TASK
 from worker.errors import EnqueueError
@@ -269,3 +271,55 @@ def test_raw_garbage_on_the_queue_never_takes_a_worker_down(tmp_path: Path, sand
     assert alive, log[-3000:]
     assert results[job_id] and results[job_id][0]["outcome"] == "success"
     assert left[1] == 0  # nothing given back to loop on the queue
+
+
+def test_no_secret_key_or_signature_travels_through_rabbitmq(tmp_path: Path, sandbox: Any) -> None:
+    # RabbitMQ's firehose copies every message published and delivered in the virtual host to
+    # amq.rabbitmq.trace: the producers' messages, the worker's retries and hand-backs (through
+    # the delayed-delivery exchanges), Celery's events and control replies.
+    with rabbitmq_vhost() as broker_url, cluster(tmp_path, broker_url=broker_url) as fleet:
+        vhost = broker_url.rsplit("/", 1)[1]
+        with fleet.app.connection_for_write() as connection:
+            channel = connection.default_channel
+            channel.queue_declare("firehose", durable=False, auto_delete=False)
+            channel.queue_bind("firehose", "amq.rabbitmq.trace", "#")
+        rabbitmqctl("trace_on", "-p", vhost)
+        fleet.start_worker("worker", concurrency=4)
+        targets = {name: unique_target(f"amqp-leak-{name}") for name in ("ok", "no", "flaky")}
+        sandbox.inject(targets["no"], "refuse", code="0005")
+        sandbox.inject(targets["flaky"], "http_error", status=503, times=6)  # a Celery retry
+        jobs = [fleet.producer.close(**target) for target in targets.values()]
+        batch = BatchSender(fleet.settings, fleet.app).start(
+            [CloseJob.parse(unique_target("amqp-leak-batch")) for _ in range(20)]
+        )
+        results = fleet.wait_for([*jobs, *batch.job_ids], timeout=60)
+        rabbitmqctl("trace_off", "-p", vhost)
+        traced: list[str] = []
+        routes: set[str] = set()
+        with fleet.app.connection_for_write() as connection:
+            channel = connection.default_channel
+            while (message := channel.basic_get("firehose", no_ack=True)) is not None:
+                headers = message.properties.get("application_headers") or {}
+                traced.append(message.body.decode("utf-8", "replace") + repr(headers))
+                routes.add(message.delivery_info["routing_key"])
+
+    text = "\n".join(traced)
+    signatures = [
+        candidate
+        for candidate in SIGNATURE_SHAPE.findall(text)
+        if sandbox.signature_seen(candidate.replace("\\/", "/"))
+    ]
+    report(
+        "rabbitmq-leaks",
+        traced_messages=len(traced),
+        traced_bytes=len(text),
+        secret=text.count(TEST_SECRET),
+        api_key=text.count(TEST_API_KEY),
+        signatures=len(signatures),
+    )
+    assert all(found for found in results.values())  # the run did happen
+    # The producers' and the worker's messages were traced, the retry's through delayed delivery.
+    assert {"publish.streamctl", "deliver.streamctl"} <= routes, routes
+    assert any(route.startswith("publish.celery_delayed_") for route in routes), routes
+    assert TEST_SECRET not in text and TEST_API_KEY not in text
+    assert signatures == []
