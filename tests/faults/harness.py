@@ -14,6 +14,7 @@ import secrets
 import shutil
 import socket
 import subprocess
+import threading
 import time
 import uuid
 from collections import Counter
@@ -126,7 +127,9 @@ def rabbitmq_vhost() -> Iterator[str]:
         rabbitmqctl("set_permissions", "-p", vhost, parts.username or "guest", ".*", ".*", ".*")
         yield urlunsplit(parts._replace(path="/" + vhost))
     finally:
-        rabbitmqctl("delete_vhost", vhost)
+        # In the background (rabbitmqctl takes over a second): the test's clients are closed,
+        # and the interpreter waits for the thread before it exits.
+        threading.Thread(target=rabbitmqctl, args=("delete_vhost", vhost)).start()
 
 
 @contextmanager

@@ -166,7 +166,8 @@ def broker_failure(exc: BaseException) -> str:
     On RabbitMQ every publish waits for the broker's confirm (config.brokers): a nack means
     the broker holds nothing of the message (a full queue, a memory or disk alarm).
     """
-    if isinstance(exc, MessageNacked):
+    # Kombu raises the nack as the cause of its OperationalError.
+    if isinstance(exc, MessageNacked) or isinstance(exc.__cause__, MessageNacked):
         return "the broker refused it (MessageNacked: a full queue or a resource alarm)"
     return f"the broker is unreachable ({type(exc).__name__})"
 
