@@ -70,6 +70,9 @@ def test_a_worker_killed_8s_into_a_reconnect(kind: str, tmp_path: Path, sandbox:
         started = time.monotonic()
         batch = BatchSender(fleet.settings, fleet.app).start(jobs, rate=RATE)
         targets = dict(zip(batch.job_ids, jobs, strict=True))
+        # Both answer, under names of their own (with one name for both, the second one died
+        # of RESOURCE_LOCKED on RabbitMQ before this change, and on Redis they answered as one).
+        nodes = sorted(name for reply in fleet.app.control.ping(timeout=1) for name in reply)
         time.sleep(max(0.0, started + KILL_AFTER - time.monotonic()))
         done_at_kill = len(fleet.read_results())
         doomed_pid = doomed.process.pid if doomed.process else -1
@@ -88,6 +91,7 @@ def test_a_worker_killed_8s_into_a_reconnect(kind: str, tmp_path: Path, sandbox:
         job_id: sandbox.requests_for(targets[job_id].target.as_fields()) for job_id in results
     }
     sent_twice = [job_id for job_id, seen in requests.items() if len(seen) > 1]
+    ran_on = {found[0]["worker"].rpartition(":")[2] for found in results.values() if found}
     figures = report(
         f"kill-reconnect-{kind}",
         broker=kind,
@@ -106,7 +110,11 @@ def test_a_worker_killed_8s_into_a_reconnect(kind: str, tmp_path: Path, sandbox:
         replays=sandbox.stats()["replays"] - replays_before,
         outcomes=dict(outcomes(results)),
         killed_pid=doomed_pid,
+        nodes=nodes,
+        ran_on_pids=sorted(ran_on),
     )
+    assert len(nodes) == 2 and all(node.startswith("streamctl-") for node in nodes), nodes
+    assert str(doomed_pid) in ran_on and len(ran_on) == 2  # both consumed
     assert 0 < done_at_kill < JOBS, "the kill did not fall inside the batch"
     assert figures["lost"] == 0, f"{lost} jobs without a result {BOUND[kind]} s after the start"
     assert figures["outcomes"] == {"success": JOBS}

@@ -16,6 +16,7 @@ import pytest
 from tests.conftest import TEST_API_KEY, TEST_SECRET
 from tests.faults.harness import (
     RABBITMQ_URL,
+    Cluster,
     close_vhost_connections,
     cluster,
     lost_and_doubled,
@@ -50,8 +51,36 @@ def queue_types(vhost_url: str) -> dict[str, tuple[str, ...]]:
     return {name: tuple(values) for name, *values in rows}
 
 
+def start_firehose(fleet: Cluster, vhost: str) -> None:
+    """Copy every message published and delivered in the virtual host to a queue of the test's:
+    RabbitMQ's firehose (``amq.rabbitmq.trace``)."""
+    with fleet.app.connection_for_write() as connection:
+        channel = connection.default_channel
+        channel.queue_declare("firehose", durable=False, auto_delete=False)
+        channel.queue_bind("firehose", "amq.rabbitmq.trace", "#")
+    rabbitmqctl("trace_on", "-p", vhost)
+
+
+def read_firehose(fleet: Cluster) -> tuple[str, set[str]]:
+    """Every traced message's body and headers, as text; the routing keys they were traced by
+    (``publish.<exchange>``, ``deliver.<queue>``)."""
+    traced: list[str] = []
+    routes: set[str] = set()
+    with fleet.app.connection_for_write() as connection:
+        channel = connection.default_channel
+        while (message := channel.basic_get("firehose", no_ack=True)) is not None:
+            headers = message.properties.get("application_headers") or {}
+            traced.append(message.body.decode("utf-8", "replace") + repr(headers))
+            routes.add(message.delivery_info["routing_key"])
+    return "\n".join(traced), routes
+
+
 def test_close_outcomes_with_rabbitmq_as_the_broker(tmp_path: Path, sandbox: Any) -> None:
     with rabbitmq_vhost() as broker_url, cluster(tmp_path, broker_url=broker_url) as fleet:
+        vhost = broker_url.rsplit("/", 1)[1]
+        # Leaks: every message of the run is traced, the worker's retries and hand-backs (through
+        # the delayed-delivery exchanges), Celery's events and control replies included.
+        start_firehose(fleet, vhost)
         fleet.start_worker("worker", concurrency=8)
         targets = {
             name: unique_target(f"amqp-{name}") for name in ("ok", "refused", "flaky", "handed")
@@ -61,8 +90,8 @@ def test_close_outcomes_with_rabbitmq_as_the_broker(tmp_path: Path, sandbox: Any
         # with a countdown through RabbitMQ's delayed delivery, can reach the success.
         sandbox.inject(targets["flaky"], "http_error", status=503, times=8)
         jobs = {
-            fleet.producer.close(**{k: v for k, v in t.items()}): name
-            for name, t in targets.items()
+            fleet.producer.close(**target): name
+            for name, target in targets.items()
             if name != "handed"
         }
         bad, stale, handed = (str(uuid.uuid4()) for _ in range(3))
@@ -78,21 +107,37 @@ def test_close_outcomes_with_rabbitmq_as_the_broker(tmp_path: Path, sandbox: Any
         fleet.producer.state.record_pending([(handed, kwargs)])
         messages.send_retry(fleet.app, handed, kwargs, countdown=0.4)
         jobs.update({bad: "malformed", stale: "stale", handed: "handed"})
-        results = fleet.wait_for(jobs, timeout=60)
+        batch = BatchSender(fleet.settings, fleet.app).start(
+            [CloseJob.parse(unique_target("amqp-batch")) for _ in range(20)]
+        )
+        results = fleet.wait_for([*jobs, *batch.job_ids], timeout=60)
         log = fleet.workers[0].log()
         queues = queue_types(broker_url)
+        rabbitmqctl("trace_off", "-p", vhost)
+        traced, routes = read_firehose(fleet)
 
     outcomes = {
-        jobs[job_id]: found[0]["outcome"] if found else "lost" for job_id, found in results.items()
+        jobs.get(job_id, "batch"): found[0]["outcome"] if found else "lost"
+        for job_id, found in results.items()
     }
-    flaky = next(found[0] for job_id, found in results.items() if jobs[job_id] == "flaky")
+    flaky = next(found[0] for job_id, found in results.items() if jobs.get(job_id) == "flaky")
+    signatures = [
+        candidate
+        for candidate in SIGNATURE_SHAPE.findall(traced)
+        if sandbox.signature_seen(candidate.replace("\\/", "/"))
+    ]
     report(
         "rabbitmq",
         broker="RabbitMQ",
         queue=queues["streamctl"],
         outcomes=outcomes,
+        batch=dict(outcome_counts({j: results[j] for j in batch.job_ids})),
         flaky_attempts=len(flaky["attempts"]),
-        lost=sum(1 for outcome in outcomes.values() if outcome == "lost"),
+        lost=sum(1 for found in results.values() if not found),
+        traced_bytes=len(traced),
+        secret=traced.count(TEST_SECRET),
+        api_key=traced.count(TEST_API_KEY),
+        signatures=len(signatures),
     )
     assert "amqp://" in log  # the worker really ran on RabbitMQ
     assert queues["streamctl"] == ("quorum", "true")
@@ -103,34 +148,17 @@ def test_close_outcomes_with_rabbitmq_as_the_broker(tmp_path: Path, sandbox: Any
         "malformed": "rejected",
         "stale": "expired",
         "handed": "success",
+        "batch": "success",
     }
+    assert all(len(found) == 1 for found in results.values())
     assert [a["http_status"] for a in flaky["attempts"]] == [503] * 8 + [200]
     assert len(sandbox.requests_for(targets["flaky"])) == 9
-
-
-def test_two_plain_workers_on_one_host_both_run(tmp_path: Path, sandbox: Any) -> None:
-    # Both without -n: with one node name for both, the second died of RESOURCE_LOCKED on the
-    # first one's exclusive control queue (celery@host.celery.pidbox).
-    with rabbitmq_vhost() as broker_url, cluster(tmp_path, broker_url=broker_url) as fleet:
-        first = fleet.start_worker("first", concurrency=2)
-        second = fleet.start_worker("second", concurrency=2)
-        targets = [unique_target("amqp-two") for _ in range(8)]
-        for target in targets:
-            sandbox.inject(target, "slow", delay=0.5)  # more than two threads can hold at once
-        jobs = [fleet.producer.close(**target) for target in targets]
-        results = fleet.wait_for(jobs, timeout=30)
-        pinged = fleet.app.control.ping(timeout=2)
-        alive = [first.alive(), second.alive()]
-
-    names = sorted(name for reply in pinged for name in reply)
-    ran_on = {found[0]["worker"] for found in results.values() if found}
-    report("rabbitmq-two-workers", nodes=names, ran_on=sorted(ran_on))
-    assert alive == [True, True]
-    assert [found[0]["outcome"] if found else "lost" for found in results.values()] == [
-        "success"
-    ] * 8
-    assert len(ran_on) == 2  # both consumed
-    assert len(names) == 2 and all(name.startswith("streamctl-") for name in names), names
+    # Traced: the producers' and the worker's messages, the retry's through delayed delivery;
+    # not one of them holds the secret, the API key or a request's signature.
+    assert {"publish.streamctl", "deliver.streamctl"} <= routes, routes
+    assert any(route.startswith("publish.celery_delayed_") for route in routes), routes
+    assert TEST_SECRET not in traced and TEST_API_KEY not in traced
+    assert signatures == []
 
 
 def test_an_enqueue_returns_only_for_a_job_the_broker_holds(tmp_path: Path) -> None:
@@ -271,55 +299,3 @@ def test_raw_garbage_on_the_queue_never_takes_a_worker_down(tmp_path: Path, sand
     assert alive, log[-3000:]
     assert results[job_id] and results[job_id][0]["outcome"] == "success"
     assert left[1] == 0  # nothing given back to loop on the queue
-
-
-def test_no_secret_key_or_signature_travels_through_rabbitmq(tmp_path: Path, sandbox: Any) -> None:
-    # RabbitMQ's firehose copies every message published and delivered in the virtual host to
-    # amq.rabbitmq.trace: the producers' messages, the worker's retries and hand-backs (through
-    # the delayed-delivery exchanges), Celery's events and control replies.
-    with rabbitmq_vhost() as broker_url, cluster(tmp_path, broker_url=broker_url) as fleet:
-        vhost = broker_url.rsplit("/", 1)[1]
-        with fleet.app.connection_for_write() as connection:
-            channel = connection.default_channel
-            channel.queue_declare("firehose", durable=False, auto_delete=False)
-            channel.queue_bind("firehose", "amq.rabbitmq.trace", "#")
-        rabbitmqctl("trace_on", "-p", vhost)
-        fleet.start_worker("worker", concurrency=4)
-        targets = {name: unique_target(f"amqp-leak-{name}") for name in ("ok", "no", "flaky")}
-        sandbox.inject(targets["no"], "refuse", code="0005")
-        sandbox.inject(targets["flaky"], "http_error", status=503, times=6)  # a Celery retry
-        jobs = [fleet.producer.close(**target) for target in targets.values()]
-        batch = BatchSender(fleet.settings, fleet.app).start(
-            [CloseJob.parse(unique_target("amqp-leak-batch")) for _ in range(20)]
-        )
-        results = fleet.wait_for([*jobs, *batch.job_ids], timeout=60)
-        rabbitmqctl("trace_off", "-p", vhost)
-        traced: list[str] = []
-        routes: set[str] = set()
-        with fleet.app.connection_for_write() as connection:
-            channel = connection.default_channel
-            while (message := channel.basic_get("firehose", no_ack=True)) is not None:
-                headers = message.properties.get("application_headers") or {}
-                traced.append(message.body.decode("utf-8", "replace") + repr(headers))
-                routes.add(message.delivery_info["routing_key"])
-
-    text = "\n".join(traced)
-    signatures = [
-        candidate
-        for candidate in SIGNATURE_SHAPE.findall(text)
-        if sandbox.signature_seen(candidate.replace("\\/", "/"))
-    ]
-    report(
-        "rabbitmq-leaks",
-        traced_messages=len(traced),
-        traced_bytes=len(text),
-        secret=text.count(TEST_SECRET),
-        api_key=text.count(TEST_API_KEY),
-        signatures=len(signatures),
-    )
-    assert all(found for found in results.values())  # the run did happen
-    # The producers' and the worker's messages were traced, the retry's through delayed delivery.
-    assert {"publish.streamctl", "deliver.streamctl"} <= routes, routes
-    assert any(route.startswith("publish.celery_delayed_") for route in routes), routes
-    assert TEST_SECRET not in text and TEST_API_KEY not in text
-    assert signatures == []

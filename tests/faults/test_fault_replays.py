@@ -1,6 +1,6 @@
 """5,000 jobs, 30 % of them meeting a transient fault, some targets twice: no body sent twice.
 
-On each broker; on RabbitMQ 1,000 jobs over 800 targets (the replay guard is the same Redis
+On each broker; on RabbitMQ 600 jobs over 480 targets (the replay guard is the same Redis
 script on both: the RabbitMQ case checks that its deliveries and countdowns change nothing).
 """
 
@@ -28,7 +28,7 @@ from worker.produce.batch import BatchSender
 pytestmark = pytest.mark.faults
 
 #: Jobs, and the distinct targets among them (the other jobs close a target a second time).
-SIZES = {"redis": (5000, 4000), "rabbitmq": (1000, 800)}
+SIZES = {"redis": (5000, 4000), "rabbitmq": (600, 480)}
 FAULTY = 0.30
 TRANSIENT = [
     ("http_error", {"status": 503}),
