@@ -5,9 +5,9 @@ Every value comes from the one settings object; nothing here is a second source 
 
 from __future__ import annotations
 
-from kombu.entity import Exchange, Queue
-
 from config import lanes as _lanes
+from config.brokers import broker_transport_options as _broker_transport_options
+from config.brokers import declare_queue as _declare_queue
 from config.settings import get_settings as _get_settings
 from config.urls import celery_url, is_sentinel
 
@@ -18,15 +18,9 @@ result_backend = celery_url(_settings.redis_url)
 # TLS verified, always (config.tls): kombu alone would not check a rediss:// certificate.
 broker_use_ssl = _settings.broker_ssl or False
 redis_backend_use_ssl = _settings.redis_ssl or {}
-# Redis redelivers a message that was not acknowledged within this time (a crashed worker).
-# Kept shorter than a job's expiry and longer than any countdown (checked by Settings).
-# Kombu sweeps for such messages every interval x throttle seconds, 100 s by default, which
-# would add up to 100 s to a lost job's wait: sweep every tenth of the timeout (10 s at most).
-broker_transport_options: dict[str, object] = {
-    "visibility_timeout": _settings.visibility_timeout,
-    "unacked_restore_interval": max(1, min(10, round(_settings.visibility_timeout / 10))),
-    "unacked_restore_throttle": 1,
-}
+# Per broker (config.brokers): RabbitMQ publishes with confirms; Redis has its visibility
+# timeout (live workers renew their held messages' claims, worker.consume.renewer).
+broker_transport_options: dict[str, object] = _broker_transport_options(_settings)
 result_backend_transport_options: dict[str, object] = {"retry_policy": {"timeout": 5.0}}
 # Sentinel (sentinel://...): kombu and the result backend ask the sentinels for the master.
 if is_sentinel(_settings.broker_url):
@@ -58,17 +52,16 @@ task_send_sent_event = True
 
 # The task modules are given to the app (worker.broker.links.TASK_MODULES): config/ names
 # nothing of worker/ or tasks/.
-# The lanes' queues (config.lanes), declared here and nowhere else. Each task goes to its
-# default lane's queue (``celery call``, Flower's apply); producers name a queue for another
-# lane. Anything unrouted goes to the pre-lane queue, which workers still consume.
-# A direct exchange per queue, named as the queue (Celery's own default for its queue).
-task_queues = [
-    Queue(name, Exchange(name, type="direct"), routing_key=name)  # type: ignore[no-untyped-call]
-    for name in _lanes.CONSUMED_QUEUES
-]
+# The lanes' queues (config.lanes), declared here and nowhere else, each as its broker should
+# hold it (config.brokers: a quorum queue on RabbitMQ). Each task goes to its default lane's
+# queue (``celery call``, Flower's apply); producers name a queue for another lane. Anything
+# unrouted goes to the pre-lane queue, which workers still consume.
+task_queues = [_declare_queue(name, _settings) for name in _lanes.CONSUMED_QUEUES]
 task_routes = {
     task: {"queue": _lanes.queue_for(lane), "routing_key": _lanes.queue_for(lane)}
     for task, lane in _lanes.TASK_LANES.items()
 }
 task_default_queue = _lanes.LEGACY_QUEUE
+# Messages survive a broker restart (Celery's default, stated here because it is relied on).
+task_default_delivery_mode = "persistent"
 worker_hijack_root_logger = False

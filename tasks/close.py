@@ -7,6 +7,8 @@ from typing import Any
 from celery import Task
 from celery.exceptions import Reject
 
+from config.brokers import delayed_delivery_seconds
+from config.lanes import LANE_FIELD, LANES, URGENT, queue_for
 from worker.broker import messages
 from worker.broker.app import CLOSE_MANY_TASK, CLOSE_TASK, app
 from worker.consume.runner import AlreadyFinal, Delivery, RetryLater, final_outcome
@@ -31,7 +33,18 @@ def close_stream(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
     outcome = runner().run(Delivery(job_id=self.request.id, args=tuple(args), kwargs=kwargs))
     if isinstance(outcome, RetryLater):
         # The job's counts travel in its kwargs (worker.api.retry), not in Celery's retries.
-        raise self.retry(countdown=outcome.countdown, kwargs=outcome.kwargs, max_retries=None)
+        countdown = delayed_delivery_seconds(outcome.countdown)  # RabbitMQ counts whole seconds
+        # Named explicitly: on quorum queues Celery would route a countdown by the default
+        # queue's key. The runner wrote the job's lane into its kwargs.
+        lane = outcome.kwargs.get(LANE_FIELD)
+        queue = queue_for(lane if lane in LANES else URGENT)
+        raise self.retry(
+            countdown=countdown,
+            kwargs=outcome.kwargs,
+            max_retries=None,
+            queue=queue,
+            routing_key=queue,
+        )
     result = outcome.result if isinstance(outcome, AlreadyFinal) else outcome.to_dict()
     ended = final_outcome(outcome)
     if ended != "success":

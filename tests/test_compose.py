@@ -24,8 +24,22 @@ ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SERVICES: dict[str, dict[str, Any]] = COMPOSE["services"]
 #: The env file compose reads is not committed; its committed template stands in for it.
-ENV_FILES = {".env": ROOT / ".env.example", "deploy/demo.env": ROOT / "deploy" / "demo.env"}
-SECRET_VARIABLES = {"SCALEENGINE_API_SECRET", "SCALEENGINE_API_KEY", "FLOWER_BASIC_AUTH"}
+ENV_FILES = {
+    ".env": ROOT / ".env.example",
+    ".env.broker": ROOT / ".env.broker.example",
+    "deploy/demo.env": ROOT / "deploy" / "demo.env",
+}
+SECRET_VARIABLES = {
+    "SCALEENGINE_API_SECRET",
+    "SCALEENGINE_API_KEY",
+    "FLOWER_BASIC_AUTH",
+    "STREAMCTL_BROKER_PASSWORD",
+    "RABBITMQ_DEFAULT_PASS",
+}
+#: The secrets the broker's own shell reads (the rabbitmq service's command).
+BROKER_PASSWORD_READERS = {"STREAMCTL_BROKER_PASSWORD", "RABBITMQ_DEFAULT_PASS"}
+#: The services that run someone else's image: the broker and Redis.
+INFRASTRUCTURE = {"rabbitmq", "redis"}
 _ASSIGNMENT = re.compile(r"^#?\s*([A-Z][A-Z0-9_]*)=(.*)$")
 
 
@@ -45,8 +59,8 @@ SETTINGS_VARIABLES = _settings_variables()
 
 
 def _app_services() -> dict[str, dict[str, Any]]:
-    """The services that run this project's image (all but Redis)."""
-    return {name: svc for name, svc in SERVICES.items() if svc.get("image") != "redis:7-alpine"}
+    """The services that run this project's image (all but the broker and Redis)."""
+    return {name: svc for name, svc in SERVICES.items() if name not in INFRASTRUCTURE}
 
 
 def _env_files(service: dict[str, Any]) -> list[str]:
@@ -134,12 +148,17 @@ def test_no_secret_is_written_in_the_compose_file() -> None:
     for service in SERVICES.values():
         assert not SECRET_VARIABLES & set(_environment(service))
     for variable in SECRET_VARIABLES:
-        assert variable not in text  # neither set nor interpolated (${...} renders it in config)
+        # Never interpolated by compose ($NAME, ${NAME}: `docker compose config` would print
+        # the value); only a container's own shell may read one ($$NAME, escaped from compose).
+        assert not re.search(rf"(?<!\$)\$\{{?{variable}\b", text), variable
+        if variable not in BROKER_PASSWORD_READERS:
+            assert variable not in text
     demo = _file_assignments(ENV_FILES["deploy/demo.env"], commented=False)
     assert demo["SCALEENGINE_API_SECRET"] not in text
     # The template leaves every secret empty.
-    template = _file_assignments(ENV_FILES[".env"], commented=False)
-    assert all(template.get(variable, "") == "" for variable in SECRET_VARIABLES)
+    for env_file in (".env", ".env.broker"):
+        template = _file_assignments(ENV_FILES[env_file], commented=False)
+        assert all(template.get(variable, "") == "" for variable in SECRET_VARIABLES)
 
 
 def test_the_demo_settings_are_valid_and_clearly_fake() -> None:
@@ -159,6 +178,57 @@ def test_redis_has_a_healthcheck_and_persistence() -> None:
     assert "--appendonly yes" in command
     volumes = [v.split(":") for v in redis_service["volumes"]]
     assert any(target == "/data" and source in COMPOSE["volumes"] for source, target in volumes)
+
+
+def test_rabbitmq_is_the_production_broker_with_a_healthcheck_and_its_data_kept() -> None:
+    rabbitmq = SERVICES["rabbitmq"]
+    assert rabbitmq["image"].startswith("rabbitmq:3.13")  # quorum queues need 3.8 or later
+    assert rabbitmq["healthcheck"]["test"] == [
+        "CMD",
+        "rabbitmq-diagnostics",
+        "-q",
+        "check_port_connectivity",
+    ]
+    # Its data directory is named after the node, the node after the host name: fixed.
+    assert rabbitmq["hostname"] == "rabbitmq"
+    volumes = [v.split(":") for v in rabbitmq["volumes"]]
+    assert ["rabbitmq-data", "/var/lib/rabbitmq"] in volumes and "rabbitmq-data" in COMPOSE[
+        "volumes"
+    ]
+    # Its user's password from .env.broker alone (not .env, which holds the API secret).
+    assert _env_files(rabbitmq) == [".env.broker"]
+    assert _environment(rabbitmq) == {"RABBITMQ_DEFAULT_USER": "streamctl"}
+    script = rabbitmq["command"][-1]
+    assert 'RABBITMQ_DEFAULT_PASS="$$STREAMCTL_BROKER_PASSWORD"' in script
+    assert "exec docker-entrypoint.sh rabbitmq-server" in script
+    assert "ports" not in rabbitmq  # reached by the services, on the compose network only
+
+
+@pytest.mark.parametrize("name", ["worker", "beat", "flower"])
+def test_the_production_services_use_rabbitmq_as_their_broker(name: str) -> None:
+    service = SERVICES[name]
+    assert service["depends_on"]["rabbitmq"]["condition"] == "service_healthy"
+    assert ".env.broker" in _env_files(service)
+    environment = _environment(service)
+    user = SERVICES["rabbitmq"]["environment"]["RABBITMQ_DEFAULT_USER"]
+    assert environment["CELERY_BROKER_URL"] == f"amqp://{user}@rabbitmq:5672//"
+    # The settings accept it with the password of .env.broker (as the template names it).
+    password = _file_assignments(ENV_FILES[".env.broker"], commented=False)
+    assert set(password) == {"STREAMCTL_BROKER_PASSWORD"}
+    settings = load_settings(
+        redis_url=environment["REDIS_URL"],
+        celery_broker_url=environment["CELERY_BROKER_URL"],
+        broker_password="a-long-random-password",
+    )
+    assert settings.broker_url.startswith(f"amqp://{user}:")
+    assert settings.broker_url.endswith("@rabbitmq:5672//")
+
+
+def test_the_demo_needs_no_broker_password() -> None:
+    for name, service in _app_services().items():
+        if service.get("profiles") == ["demo"]:
+            assert "rabbitmq" not in service.get("depends_on", {}), name
+            assert "CELERY_BROKER_URL" not in _environment(service), name
 
 
 def test_the_worker_can_be_scaled() -> None:

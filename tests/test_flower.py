@@ -185,7 +185,7 @@ def test_enqueue_through_flower_api_and_nothing_secret_is_served(
         "metrics": flower.get("/metrics").text,
     }
     assert job_id in served["task info"] and target["stream"] in served["task list"]
-    assert "celery@" in served["workers"]  # the workers API did answer
+    assert "streamctl-" in served["workers"]  # the workers API did answer (node streamctl-<pid>-…)
     for where, text in served.items():
         assert TEST_SECRET not in text, f"Flower serves the secret in its {where}"
         assert TEST_API_KEY not in text, f"Flower serves the API key in its {where}"

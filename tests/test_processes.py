@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
 import signal
 import socket
@@ -27,7 +28,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import WorkerProcess, wait_for_result
 from tests.faults.harness import Cluster, cluster, unique_target
-from worker.consume.processes import child_argv
+from worker.consume.processes import child_argv, default_nodename, with_nodename
 from worker.dev.embedded_redis import free_port
 
 pytestmark = pytest.mark.e2e
@@ -54,8 +55,7 @@ JOB_DELAY = 0.3
         ),
         (["worker", "-n", "x@%h"], 2, ["worker", "-n", "x-2@%h"]),
         (["worker", "-n", "bare"], 1, ["worker", "-n", "bare-1"]),
-        (["worker", "-Q", "q"], 1, ["worker", "-Q", "q", "--hostname", "worker1@%h"]),
-        (["worker"], 4, ["worker", "--hostname", "worker4@%h"]),
+        (["worker", "-nx@h", "-Q", "q"], 2, ["worker", "-nx-2@h", "-Q", "q"]),
     ],
 )
 def test_child_argv_gives_each_child_its_own_node_name(
@@ -64,6 +64,26 @@ def test_child_argv_gives_each_child_its_own_node_name(
     before = list(argv)
     assert child_argv(argv, index) == expected
     assert argv == before  # the parent's arguments are left alone for the next child
+
+
+def test_without_a_node_name_each_worker_takes_one_of_its_own() -> None:
+    unique = re.compile(rf"streamctl-{os.getpid()}-[0-9a-f]{{4}}@%h")
+    named = with_nodename(["worker", "-Q", "q"])
+    assert named[:3] == ["worker", "-Q", "q"] and named[3] == "--hostname"
+    assert unique.fullmatch(named[4]), named
+    # Two commands (two processes, or two containers with the same pid) never share one.
+    assert len({default_nodename() for _ in range(20)}) > 1
+    # The group's name, taken once in the parent, numbered per child.
+    name, _, host = named[4].partition("@")
+    assert child_argv(named, 3)[4] == f"{name}-3@{host}"
+    assert re.fullmatch(rf"streamctl-{os.getpid()}-[0-9a-f]{{4}}-1@%h", child_argv(["w"], 1)[2])
+
+
+@pytest.mark.parametrize(
+    "argv", [["-n", "a@h"], ["--hostname", "a@h"], ["--hostname=a@h"], ["-na@h"]]
+)
+def test_a_node_name_given_wins(argv: list[str]) -> None:
+    assert with_nodename(["worker", *argv]) == ["worker", *argv]
 
 
 # --- helpers --------------------------------------------------------------------------------

@@ -11,6 +11,10 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
+import socket
+import subprocess
+import threading
 import time
 import uuid
 from collections import Counter
@@ -19,10 +23,13 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
+import pytest
 import redis
 from celery import Celery
 
+from config.brokers import broker_transport_options, declare_queue
 from config.settings import Settings, load_settings
 from tests.conftest import WorkerProcess
 from worker.dev.embedded_redis import EmbeddedRedis
@@ -68,13 +75,88 @@ def unique_target(prefix: str) -> dict[str, str]:
 
 
 def make_app(settings: Settings, queue: str | None = None) -> Celery:
-    """A Celery app like ``worker.broker.app.app`` but bound to ``settings``' broker."""
+    """A Celery app like ``worker.broker.app.app`` but bound to ``settings``' broker: its
+    queue and transport options declared for that broker, as config.celeryconfig does."""
     app = Celery("streamctl", set_as_current=False)
     app.config_from_object("config.celeryconfig")
-    app.conf.update(broker_url=settings.broker_url, result_backend=settings.redis_url)
-    if queue is not None:
-        app.conf.task_default_queue = queue
+    name = queue or app.conf.task_default_queue
+    app.conf.update(
+        broker_url=settings.broker_url,
+        result_backend=settings.redis_url,
+        broker_transport_options=broker_transport_options(settings),
+        task_default_queue=name,
+        task_queues=(declare_queue(name, settings),),
+    )
     return app
+
+
+# --- RabbitMQ -------------------------------------------------------------------------------
+
+#: The machine's RabbitMQ; every test takes a virtual host of its own on it, never ``/``.
+RABBITMQ_URL = os.environ.get("STREAMCTL_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
+
+
+def rabbitmq_reachable() -> bool:
+    parts = urlsplit(RABBITMQ_URL)
+    try:
+        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 5672), 2):
+            return shutil.which("rabbitmqctl") is not None
+    except OSError:
+        return False
+
+
+def rabbitmqctl(*args: str) -> str:
+    done = subprocess.run(
+        ["rabbitmqctl", "-q", *args], capture_output=True, text=True, timeout=60, check=True
+    )
+    return done.stdout
+
+
+@contextmanager
+def rabbitmq_vhost() -> Iterator[str]:
+    """A fresh virtual host on the machine's RabbitMQ; yields its broker URL, deletes it after.
+
+    Nothing a test leaves there (queues, messages, the delayed-delivery exchanges) reaches
+    another test or another engineer's run on the same server.
+    """
+    parts = urlsplit(RABBITMQ_URL)
+    vhost = f"streamctl-test-{secrets.token_hex(4)}"
+    rabbitmqctl("add_vhost", vhost)
+    try:
+        rabbitmqctl("set_permissions", "-p", vhost, parts.username or "guest", ".*", ".*", ".*")
+        yield urlunsplit(parts._replace(path="/" + vhost))
+    finally:
+        # In the background (rabbitmqctl takes over a second): the test's clients are closed,
+        # and the interpreter waits for the thread before it exits.
+        threading.Thread(target=rabbitmqctl, args=("delete_vhost", vhost)).start()
+
+
+@contextmanager
+def broker(kind: str) -> Iterator[str | None]:
+    """A test's broker URL for a parametrized test: ``"rabbitmq"`` a virtual host of its own,
+    ``"redis"`` None (the cluster's own Redis is the broker)."""
+    if kind == "redis":
+        yield None
+        return
+    with rabbitmq_vhost() as url:
+        yield url
+
+
+#: Parameters for a test that runs on each broker; the RabbitMQ case needs the server.
+BROKERS = [
+    pytest.param("redis"),
+    pytest.param(
+        "rabbitmq",
+        marks=pytest.mark.skipif(not rabbitmq_reachable(), reason=f"no RabbitMQ at {RABBITMQ_URL}"),
+    ),
+]
+
+
+def close_vhost_connections(url: str) -> None:
+    """Close every client connection to the virtual host of ``url``: the broker restart a
+    test may cause on a shared RabbitMQ (stopping the server would break others' runs)."""
+    vhost = urlsplit(url).path.removeprefix("/")
+    rabbitmqctl("close_all_connections", "--vhost", vhost, "broker restarted by a test")
 
 
 class Cluster:

@@ -269,6 +269,10 @@ MALFORMED_BODIES = [
     [5, {}, {}],
     [{}, {}, {}],
     [[], {}, {}, {}],
+    # A protocol-1 body under protocol-2 headers (the task named in the headers): Celery
+    # unpacks it as [args, kwargs, embed] and died of the ValueError.
+    {"args": [], "kwargs": {}},
+    {"a": 1},
 ]
 
 

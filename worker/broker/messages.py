@@ -23,6 +23,7 @@ from typing import Any
 
 from celery import Celery
 
+from config.brokers import delayed_delivery_seconds
 from config.lanes import BULK, LANE_FIELD, LANES, Lane, queue_for
 from worker.broker.app import CLOSE_MANY_TASK, CLOSE_TASK
 from worker.errors import InvalidChunk
@@ -115,7 +116,7 @@ def send_retry(app: Celery, job_id: str, kwargs: Mapping[str, Any], *, countdown
         CLOSE_TASK,
         kwargs=dict(kwargs),
         task_id=job_id,
-        countdown=countdown,
+        countdown=delayed_delivery_seconds(countdown),  # RabbitMQ counts whole seconds
         ignore_result=True,
         queue=queue,
         routing_key=queue,

@@ -205,6 +205,7 @@ def worker(
 ) -> None:
     """Start a worker (thread pool: closes are I/O bound). Extra options go to Celery."""
     from config.settings import install_settings, load_settings
+    from worker.consume.processes import with_nodename
     from worker.telemetry.logs import configure_logging
 
     # One source for these counts: the Redis pool is sized from the threads, for one. The
@@ -232,6 +233,8 @@ def worker(
         "--without-gossip",
         *ctx.args,
     ]
+    # A node name of its own unless -n gives one: plain workers on one host never collide.
+    argv = with_nodename(argv)
     if settings.worker_processes == 1:
         sys.exit(run_celery_worker(app, argv))
 

@@ -24,6 +24,7 @@ import ctypes
 import gc
 import logging
 import os
+import secrets
 import signal
 import sys
 import time
@@ -44,12 +45,38 @@ CRASH_LOOP_WINDOW = 60.0
 _PR_SET_PDEATHSIG = 1
 
 
+def nodename_given(argv: Sequence[str]) -> bool:
+    """Whether Celery worker arguments name the node (``-n``, ``--hostname``)."""
+    # -n NAME, -nNAME, --hostname NAME, --hostname=NAME (no other option of Celery's worker
+    # starts so).
+    return any(arg.startswith(("-n", "--hostname")) for arg in argv)
+
+
+def default_nodename() -> str:
+    """A node name no other worker on this host has: ``streamctl-<pid>-<4 hex digits>@%h``.
+
+    Celery's default, ``celery@%h``, is the same for every worker of a host: on RabbitMQ the
+    second one dies (its control queue ``celery@host.celery.pidbox`` is exclusive to the first),
+    on Redis the two answer as one in Flower and ``inspect``. The pid tells an operator which
+    process it is; the random part keeps apart two containers that share a host name (host
+    networking) and whose workers have the same pid in their own pid namespaces.
+    """
+    return f"streamctl-{os.getpid()}-{secrets.token_hex(2)}@%h"
+
+
+def with_nodename(argv: Sequence[str]) -> list[str]:
+    """Celery worker arguments with a unique node name unless they name one (``-n`` wins)."""
+    args = list(argv)
+    return args if nodename_given(args) else [*args, "--hostname", default_nodename()]
+
+
 def child_argv(argv: Sequence[str], index: int) -> list[str]:
     """Celery worker arguments for child ``index`` (from 1): a node name of its own.
 
-    ``-n name@host`` becomes ``name-<index>@host``; without one, ``worker<index>@%h``.
+    ``-n name@host`` becomes ``name-<index>@host``. The worker command gives ``argv`` the
+    group's name (``with_nodename``) before it forks; without one, a default name is taken.
     """
-    args = list(argv)
+    args = with_nodename(argv)
     for position, arg in enumerate(args):
         if arg in ("-n", "--hostname") and position + 1 < len(args):
             args[position + 1] = _numbered(args[position + 1], index)
@@ -57,7 +84,10 @@ def child_argv(argv: Sequence[str], index: int) -> list[str]:
         if arg.startswith("--hostname="):
             args[position] = "--hostname=" + _numbered(arg.split("=", 1)[1], index)
             return args
-    return [*args, "--hostname", f"worker{index}@%h"]
+        if arg.startswith("-n"):
+            args[position] = "-n" + _numbered(arg[2:], index)
+            return args
+    return args
 
 
 def _numbered(nodename: str, index: int) -> str:

@@ -15,6 +15,7 @@ import time
 import uuid
 from typing import Any
 
+from amqp.exceptions import MessageNacked
 from celery import Celery
 
 from config.lanes import LANE_FIELD, URGENT, Lane, check_lane, queue_for
@@ -176,13 +177,23 @@ class Producer:
             # With Redis unreachable too, the claim cannot be released: it expires instead.
             with contextlib.suppress(Exception):
                 self.state.release_job_id(job_id, token, request)
-            raise EnqueueError(
-                f"could not enqueue the job: the broker is unreachable ({cause(exc)})"
-            ) from None
+            raise EnqueueError(f"could not enqueue the job: {broker_failure(exc)}") from None
         # Published: a failure to record it only shortens how long the id stays deduplicated.
         with contextlib.suppress(Exception):
             self.state.confirm_job_id(job_id, request)
         return job_id
+
+
+def broker_failure(exc: BaseException) -> str:
+    """Why a publish failed, for an EnqueueError: refused by the broker, or not reached.
+
+    On RabbitMQ every publish waits for the broker's confirm (config.brokers): a nack means
+    the broker holds nothing of the message (a full queue, a memory or disk alarm).
+    """
+    # Kombu raises the nack as the cause of its OperationalError.
+    if isinstance(exc, MessageNacked) or isinstance(exc.__cause__, MessageNacked):
+        return "the broker refused it (MessageNacked: a full queue or a resource alarm)"
+    return f"the broker is unreachable ({cause(exc)})"
 
 
 def enqueue_close(**target: Any) -> str:

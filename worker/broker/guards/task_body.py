@@ -24,12 +24,14 @@ from celery.worker.strategy import default
 from worker.broker import links
 
 
-def check_body(payload: object) -> None:
+def check_body(payload: object, *, protocol: int = 2) -> None:
     """Raise InvalidTaskError unless ``payload`` has the shape of a task message body.
 
-    Protocol 2: ``[args, kwargs, embed]``; protocol 1: a mapping with ``args`` and ``kwargs``.
+    Protocol 2 (the task named in the headers): ``[args, kwargs, embed]``; protocol 1 (the
+    whole message in the body): a mapping with ``args`` and ``kwargs``. A mapping under
+    protocol-2 headers is malformed: Celery would unpack it as three items and die of it.
     """
-    if isinstance(payload, dict):
+    if isinstance(payload, dict) and protocol == 1:
         args, kwargs, embed = payload.get("args", []), payload.get("kwargs", {}), None
     elif isinstance(payload, list | tuple) and len(payload) == 3:
         args, kwargs, embed = payload
@@ -49,7 +51,10 @@ def checked(task: Any, app: Any, consumer: Any, **options: Any) -> Callable[...,
 
     def on_message(message: Any, body: Any, *args: Any, **kwargs: Any) -> Any:
         # body is None for protocol 2: decoding it here raises DecodeError, which Celery handles.
-        check_body(message.payload if body is None else body)
+        if body is None:
+            check_body(message.payload, protocol=2)
+        else:
+            check_body(body, protocol=1)
         return handle(message, body, *args, **kwargs)
 
     return on_message
