@@ -245,8 +245,9 @@ def report(delay: float, in_flight: int, jobs: int, row: dict[str, Any]) -> str:
 def markdown(rows: list[tuple[float, int, int, dict[str, Any]]]) -> str:
     lines = [
         "| API delay | in flight | asyncio anchor | streamctl | ratio | worker CPU / job "
-        "| anchor CPU / request | worker memory at peak (PSS) | enqueue → result p50 / p99 |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| anchor CPU / request | worker memory at peak (PSS) | anchor peak RSS "
+        "| enqueue → result p50 / p99 |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for delay, in_flight, jobs, row in rows:
         anchor, m = row["anchor"], row["streamctl"]
@@ -255,7 +256,8 @@ def markdown(rows: list[tuple[float, int, int, dict[str, Any]]]) -> str:
             f"| {m['throughput']:,.0f} jobs/s | {m['throughput'] / anchor['rate']:.2f} "
             f"| {m['cpu_seconds'] * 1000 / jobs:.2f} ms "
             f"| {anchor['cpu_seconds'] * 1000 / anchor['requests']:.2f} ms "
-            f"| {m['peak_pss_mb']:.0f} MB | {m['p50']:.2f} s / {m['p99']:.2f} s |"
+            f"| {m['peak_pss_mb']:.0f} MB | {anchor['peak_rss_mb']:.0f} MB "
+            f"| {m['p50']:.2f} s / {m['p99']:.2f} s |"
         )
     return "\n".join(lines)
 
