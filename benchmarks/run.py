@@ -1,23 +1,27 @@
 """Does the queue's cost vanish behind the API's latency? Run by hand, not in the tests.
 
-For each API delay (default 0 ms and 300 ms) and the same N targets, against the same fast
-stand-in (benchmarks/standin.py, its own process):
+For each API delay (default 0 ms and 300 ms) and each number of calls in flight N (default 200
+and 1,000), against the same fast stand-in (benchmarks/standin.py, its own process):
 
-(a) the limit: a bare thread pool of ``requests.Session``s sending signed requests, no queue;
-(b) streamctl: a batch enqueued through Redis, worker processes, results published.
+- the anchor: a hand-written asyncio sender (benchmarks/asyncio_sender.py, its own process),
+  N keep-alive connections signing and POSTing closes, no queue;
+- streamctl: a batch enqueued through Redis to one ``streamctl worker -c N`` (or, with
+  ``--processes P``, ``--processes P -c N/P``), every result published;
+- with ``--thread-pool``, also a bare pool of N ``requests.Session`` threads, no queue.
 
-Both keep the same number of calls in flight. Prints throughput of each and (b)/(a), p50/p99
-from enqueue to result, the enqueue rate and the workers' peak memory.
+Prints per (delay, N): anchor and streamctl rates and their ratio, the worker's CPU per job
+(all its processes, from the batch's enqueue to its last result) beside the anchor's CPU per
+request, the worker's peak memory (PSS summed over its processes), p50/p99 from enqueue to
+result; then all of it as one Markdown table.
 
-    python -m benchmarks.run                       # 10,000 jobs, 0 and 300 ms, 200 in flight,
-                                                   # one worker of 3 processes x 66 threads
-    python -m benchmarks.run --jobs 2000 --delays 0.3
+    python -m benchmarks.run                               # 20,000 jobs; 0, 300 ms; 200, 1,000
+    python -m benchmarks.run --jobs 2000 --in-flight 200 --delays 0
+    python -m benchmarks.run --processes 3 --in-flight 198 --delays 0.3
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import statistics
@@ -26,6 +30,7 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
@@ -33,13 +38,11 @@ from typing import Any
 
 import requests
 
+from benchmarks.asyncio_sender import API_KEY, CDN, SECRET
+from benchmarks.procstats import MemorySampler, cpu_used, tree_cpu_seconds
 from worker.api.signing import CLOSE_COMMAND, request_fields, signed_body
 from worker.dev.embedded_redis import EmbeddedRedis, free_port
 from worker.model.targets import CloseJob
-
-API_KEY = "BENCHKEY0000000000000000000000AA"
-SECRET = "bench-secret-not-a-real-one"
-CDN = 1
 
 
 def start_standin(delay: float) -> tuple[subprocess.Popen[bytes], str]:
@@ -95,69 +98,33 @@ def bare_pool(url: str, jobs: list[CloseJob], in_flight: int) -> float:
     return len(jobs) / (time.perf_counter() - started)
 
 
-def peak_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def process_tree(root: int) -> list[int]:
-    """``root`` and its descendants (the forked worker processes)."""
-    parents: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
-    tree, frontier = [root], [root]
-    while frontier:
-        frontier = [pid for pid, parent in parents.items() if parent in frontier]
-        tree.extend(frontier)
-    return tree
-
-
-def pss_mb(pid: int) -> float:
-    """Proportional set size: shared pages count once across the processes sharing them."""
-    try:
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith("Pss:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
-
-
-class MemorySampler(threading.Thread):
-    """Samples the workers' memory while the batch runs; keeps the peaks."""
-
-    def __init__(self, roots: list[int]) -> None:
-        super().__init__(daemon=True)
-        self.roots = roots
-        self.peak_pss = 0.0
-        self.peak_rss: dict[int, float] = {}
-        self.done = threading.Event()
-
-    def run(self) -> None:
-        while not self.done.wait(0.25):
-            pids = [pid for root in self.roots for pid in process_tree(root)]
-            self.peak_pss = max(self.peak_pss, sum(pss_mb(pid) for pid in pids))
-            for pid in pids:
-                with contextlib.suppress(OSError, ValueError):
-                    self.peak_rss[pid] = peak_rss_mb(pid)
+def asyncio_anchor(url: str, count: int, in_flight: int, prefix: str) -> dict[str, Any]:
+    """The anchor, in its own process; returns what it printed (rate, CPU, peak RSS)."""
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.asyncio_sender",
+            *("--url", url, "--jobs", str(count), "--in-flight", str(in_flight)),
+            *("--prefix", prefix),
+        ],
+        capture_output=True,
+        check=True,
+        timeout=900,
+    )
+    figures: dict[str, Any] = json.loads(done.stdout.decode().strip().splitlines()[-1])
+    return figures
 
 
 def through_streamctl(
     url: str,
     jobs: list[CloseJob],
     in_flight: int,
-    workers: int,
+    processes: int,
     redis_url: str,
     separate: bool = False,
 ) -> dict[str, Any]:
-    """(b): one batch through the queue; returns its figures."""
+    """One batch through the queue; returns its figures."""
     env = {
         **os.environ,
         "REDIS_URL": redis_url,
@@ -170,19 +137,19 @@ def through_streamctl(
     env.pop("CELERY_BROKER_URL", None)
     env.pop("STREAMCTL_RATE_LIMIT", None)
     os.environ.update({k: env[k] for k in ("REDIS_URL", "SCALEENGINE_API_URL")})
-    per_worker = max(1, in_flight // workers)
-    # One ``streamctl worker --processes N`` (forked, sharing their imports), or N commands.
+    per_process = max(1, in_flight // processes)
+    # One ``streamctl worker --processes P`` (forked, sharing their imports), or P commands.
     commands = (
-        [["--processes", "1", "-n", f"bench{index}@%h"] for index in range(workers)]
+        [["--processes", "1", "-n", f"bench{index}@%h"] for index in range(processes)]
         if separate
-        else [["--processes", str(workers), "-n", "bench@%h"]]
+        else [["--processes", str(processes), "-n", "bench@%h"]]
     )
     procs = []
     for index, options in enumerate(commands):
         log = Path(f"/tmp/streamctl-bench-worker-{index}.log")
         procs.append(
             subprocess.Popen(
-                [sys.executable, "-m", "worker.cli", "worker", "-c", str(per_worker), *options],
+                [sys.executable, "-m", "worker.cli", "worker", "-c", str(per_process), *options],
                 env=env,
                 stdout=log.open("wb"),
                 stderr=subprocess.STDOUT,
@@ -193,27 +160,28 @@ def through_streamctl(
         from worker.produce.batch import BatchSender, wait_for_batch
 
         deadline = time.monotonic() + 60
-        while len(app.control.ping(timeout=0.5)) < workers:
+        while len(app.control.ping(timeout=0.5)) < processes:
             if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
                 raise RuntimeError("workers did not start; see /tmp/streamctl-bench-worker-*.log")
 
-        sampler = MemorySampler([p.pid for p in procs])
+        roots = [p.pid for p in procs]
+        sampler = MemorySampler(roots)
         sampler.start()
         sender = BatchSender()
+        cpu_before = tree_cpu_seconds(roots)
         t0 = time.perf_counter()
         started = sender.start(jobs)
         enqueue_seconds = time.perf_counter() - t0
         latencies: list[float] = []
-        finished: list[float] = []
 
         def on_result(result: dict[str, Any]) -> None:
             end = datetime.fromisoformat(result["finished_at"]).timestamp()
             begin = datetime.fromisoformat(result["enqueued_at"]).timestamp()
             latencies.append(end - begin)
-            finished.append(end)
 
-        summary = wait_for_batch(started, timeout=600, on_result=on_result, sender=sender)
+        summary = wait_for_batch(started, timeout=900, on_result=on_result, sender=sender)
         total = time.perf_counter() - t0
+        worker_cpu = cpu_used(cpu_before, tree_cpu_seconds(roots))
         sampler.done.set()
         sampler.join()
         assert summary is not None, "the batch did not finish"
@@ -225,7 +193,8 @@ def through_streamctl(
             "p50": statistics.median(latencies),
             "p99": latencies[int(len(latencies) * 0.99) - 1],
             "outcomes": {k: v for k, v in summary["counts"].items() if v},
-            "peak_rss_mb": max(sampler.peak_rss.values()),
+            "cpu_seconds": worker_cpu,
+            "peak_rss_mb": max(sampler.peak_rss.values(), default=float("nan")),
             "peak_pss_mb": sampler.peak_pss,
         }
     finally:
@@ -235,63 +204,135 @@ def through_streamctl(
             proc.wait(timeout=30)
 
 
+def comma_list(convert: Callable[[str], Any]) -> Callable[[str], list[Any]]:
+    def parse(text: str) -> list[Any]:
+        try:
+            return [convert(item) for item in text.split(",") if item.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a comma-separated list: {text!r}") from None
+
+    return parse
+
+
+def report(delay: float, in_flight: int, jobs: int, row: dict[str, Any]) -> str:
+    anchor, m = row["anchor"], row["streamctl"]
+    lines = [
+        f"\ndelay {delay * 1000:.0f} ms, {in_flight} in flight, {jobs} jobs",
+        f"  asyncio sender (anchor) {anchor['rate']:8.0f} requests/s   "
+        f"CPU {anchor['cpu_seconds'] * 1000 / anchor['requests']:.3f} ms/request   "
+        f"peak RSS {anchor['peak_rss_mb']:.0f} MB",
+        f"  streamctl               {m['throughput']:8.0f} jobs/s       "
+        f"CPU {m['cpu_seconds'] * 1000 / jobs:.3f} ms/job (worker, all processes)",
+        f"  ratio streamctl/anchor  {m['throughput'] / anchor['rate']:.2f}",
+    ]
+    if row.get("pool") is not None:
+        lines.append(f"  bare thread pool        {row['pool']:8.0f} requests/s")
+    lines += [
+        f"  CPU per 10,000          worker {m['cpu_seconds'] * 10_000 / jobs:.1f} s, "
+        f"anchor {anchor['cpu_seconds'] * 10_000 / anchor['requests']:.1f} s",
+        f"  enqueue                 {jobs} jobs in {m['enqueue_seconds']:.2f} s "
+        f"({m['enqueue_rate']:.0f}/s)",
+        f"  enqueue -> result       p50 {m['p50']:.2f} s   p99 {m['p99']:.2f} s",
+        f"  worker memory           {m['peak_pss_mb']:.0f} MB at peak, all processes (PSS); "
+        f"largest process {m['peak_rss_mb']:.0f} MB (VmHWM)",
+        f"  outcomes                {m['outcomes']}; anchor failures {anchor['failed']}",
+        f"  stand-in                {row['stats']['requests']} requests so far, "
+        f"{row['stats']['replays']} replayed",
+    ]
+    return "\n".join(lines)
+
+
+def markdown(rows: list[tuple[float, int, int, dict[str, Any]]]) -> str:
+    lines = [
+        "| API delay | in flight | asyncio anchor | streamctl | ratio | worker CPU / job "
+        "| anchor CPU / request | worker memory at peak (PSS) | anchor peak RSS "
+        "| enqueue → result p50 / p99 |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for delay, in_flight, jobs, row in rows:
+        anchor, m = row["anchor"], row["streamctl"]
+        lines.append(
+            f"| {delay * 1000:.0f} ms | {in_flight:,} | {anchor['rate']:,.0f} req/s "
+            f"| {m['throughput']:,.0f} jobs/s | {m['throughput'] / anchor['rate']:.2f} "
+            f"| {m['cpu_seconds'] * 1000 / jobs:.2f} ms "
+            f"| {anchor['cpu_seconds'] * 1000 / anchor['requests']:.2f} ms "
+            f"| {m['peak_pss_mb']:.0f} MB | {anchor['peak_rss_mb']:.0f} MB "
+            f"| {m['p50']:.2f} s / {m['p99']:.2f} s |"
+        )
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--jobs", type=int, default=10_000)
-    parser.add_argument("--delays", type=float, nargs="+", default=[0.0, 0.3])
-    parser.add_argument("--in-flight", type=int, default=200)
+    parser.add_argument("--jobs", type=int, default=20_000, help="jobs per run (20,000)")
     parser.add_argument(
-        "--workers", type=int, default=3, help="worker processes sharing --in-flight"
+        "--in-flight",
+        type=comma_list(int),
+        default=[200, 1000],
+        help="calls in flight, comma-separated (200,1000)",
+    )
+    parser.add_argument(
+        "--delays",
+        type=comma_list(float),
+        default=[0.0, 0.3],
+        help="API reply delays in seconds, comma-separated (0,0.3)",
+    )
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="worker processes P, each with in-flight/P threads (1: streamctl worker -c N)",
     )
     parser.add_argument(
         "--separate",
         action="store_true",
-        help="start each worker process as its own command instead of one --processes N",
+        help="start each worker process as its own command instead of one --processes P",
+    )
+    parser.add_argument(
+        "--thread-pool",
+        action="store_true",
+        help="also run a bare thread pool of requests.Sessions as a second reference",
     )
     args = parser.parse_args()
+    if args.jobs < 1 or args.processes < 1 or min(args.in_flight, default=0) < 1:
+        parser.error("--jobs, --processes and every --in-flight must be at least 1")
 
-    per_worker = max(1, args.in_flight // args.workers)
     print(
-        f"machine: {os.cpu_count()} cores; {args.jobs} jobs; calls in flight: (a) "
-        f"{args.in_flight} threads, (b) {args.workers} processes x {per_worker} threads = "
-        f"{args.workers * per_worker}"
+        f"machine: {os.cpu_count()} cores; {args.jobs} jobs a run; worker: {args.processes} "
+        f"process(es) x in-flight/{args.processes} threads"
     )
+    rows: list[tuple[float, int, int, dict[str, Any]]] = []
     with EmbeddedRedis() as redis_server:
         for delay in args.delays:
             standin, url = start_standin(delay)
             try:
-                run = f"d{int(delay * 1000)}-{int(time.time())}"
-                baseline = bare_pool(url, targets(args.jobs, f"a-{run}"), args.in_flight)
-                measured = through_streamctl(
-                    url,
-                    targets(args.jobs, f"b-{run}"),
-                    args.in_flight,
-                    args.workers,
-                    redis_server.url,
-                    separate=args.separate,
-                )
-                stats = standin_stats(url)
+                for in_flight in args.in_flight:
+                    run = f"d{int(delay * 1000)}-n{in_flight}-{int(time.time())}"
+                    row: dict[str, Any] = {
+                        "anchor": asyncio_anchor(url, args.jobs, in_flight, f"anchor-{run}"),
+                        "pool": (
+                            bare_pool(url, targets(args.jobs, f"pool-{run}"), in_flight)
+                            if args.thread_pool
+                            else None
+                        ),
+                    }
+                    row["streamctl"] = through_streamctl(
+                        url,
+                        targets(args.jobs, f"streamctl-{run}"),
+                        in_flight,
+                        args.processes,
+                        redis_server.url,
+                        separate=args.separate,
+                    )
+                    row["stats"] = standin_stats(url)
+                    rows.append((delay, in_flight, args.jobs, row))
+                    print(report(delay, in_flight, args.jobs, row), flush=True)
             finally:
                 standin.terminate()
                 standin.wait()
-            ratio = measured["throughput"] / baseline
-            m = measured
-            print(
-                f"\ndelay {delay * 1000:.0f} ms\n"
-                f"  (a) bare thread pool   {baseline:8.0f} requests/s\n"
-                f"  (b) streamctl          {m['throughput']:8.0f} jobs/s"
-                f"   ratio (b)/(a) {ratio:.2f}\n"
-                f"  enqueue                {args.jobs} jobs in {m['enqueue_seconds']:.2f} s "
-                f"({m['enqueue_rate']:.0f}/s)\n"
-                f"  enqueue -> result      p50 {m['p50']:.2f} s   p99 {m['p99']:.2f} s\n"
-                f"  worker memory          {m['peak_pss_mb']:.0f} MB at peak, all {args.workers} "
-                f"processes (PSS); largest process {m['peak_rss_mb']:.0f} MB (VmHWM)\n"
-                f"  outcomes               {m['outcomes']}\n"
-                f"  stand-in               {stats['requests']} requests, "
-                f"{stats['replays']} replayed"
-            )
+    print("\n" + markdown(rows))
 
 
 if __name__ == "__main__":
