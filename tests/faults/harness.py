@@ -30,6 +30,7 @@ import redis
 from celery import Celery
 
 from config.brokers import broker_transport_options, declare_queue
+from config.lanes import CONSUMED_QUEUES
 from config.settings import Settings, load_settings
 from tests.conftest import WorkerProcess
 from worker.dev.embedded_redis import EmbeddedRedis
@@ -76,16 +77,18 @@ def unique_target(prefix: str) -> dict[str, str]:
 
 def make_app(settings: Settings, queue: str | None = None) -> Celery:
     """A Celery app like ``worker.broker.app.app`` but bound to ``settings``' broker: its
-    queue and transport options declared for that broker, as config.celeryconfig does."""
+    queues (every lane's, or ``queue`` alone) and transport options declared for that broker,
+    as config.celeryconfig does."""
     app = Celery("streamctl", set_as_current=False)
     app.config_from_object("config.celeryconfig")
     name = queue or app.conf.task_default_queue
+    names = (queue,) if queue else CONSUMED_QUEUES
     app.conf.update(
         broker_url=settings.broker_url,
         result_backend=settings.redis_url,
         broker_transport_options=broker_transport_options(settings),
         task_default_queue=name,
-        task_queues=(declare_queue(name, settings),),
+        task_queues=tuple(declare_queue(each, settings) for each in names),
     )
     return app
 

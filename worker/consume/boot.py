@@ -67,6 +67,30 @@ def _start_metrics_exporter(**_: object) -> None:
 signals.worker_init.connect(_start_metrics_exporter, weak=False)
 
 
+def _declare_queues(**_: object) -> None:
+    """Declare every lane's queue (and its exchange) before the consumer starts.
+
+    On RabbitMQ, Celery's delayed-delivery step binds every queue of the app to its delay
+    exchanges as the consumer starts; the urgent lane's queues are consumed by their own step
+    (``worker.consume.lanes``), which declares them later, so their exchanges did not exist yet
+    and countdowns (Celery retries, hand-backs) of urgent jobs were never delivered. A broker
+    that does not answer yet is logged: the consumer declares the queues when it connects.
+    """
+    import logging
+
+    log = logging.getLogger("streamctl.boot")
+    try:
+        with app.connection_for_write() as connection:
+            channel = connection.default_channel
+            for queue in app.amqp.queues.values():
+                queue(channel).declare()
+    except Exception as exc:  # the broker is not reachable yet, say; Celery retries
+        log.warning("could not declare the queues at start (%s)", type(exc).__name__)
+
+
+signals.worker_init.connect(_declare_queues, weak=False)
+
+
 def _start_janitor(**_: object) -> None:
     """Every worker sweeps for jobs the broker lost and ends them (see ``worker.consume.janitor``).
 
