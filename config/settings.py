@@ -31,6 +31,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from config.errors import ConfigError
+from config.invariants import check_timing
 from config.secrets import read_secret_file
 from config.tls import TLSFiles, broker_files, check_tls_files, ssl_options
 from config.units import parse_rate
@@ -295,25 +296,8 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check_timing(self) -> Settings:
-        longest_countdown = self.celery_retry_countdown * 2 ** max(self.celery_max_retries - 1, 0)
-        if longest_countdown >= self.job_expiry:
-            raise ValueError(
-                "STREAMCTL_CELERY_RETRY_COUNTDOWN: the longest retry countdown "
-                f"({longest_countdown:g} s) must be shorter than STREAMCTL_JOB_EXPIRY "
-                f"({self.job_expiry:g} s), or the retry could never run"
-            )
-        if self.metrics_port is not None and self.metrics_port + self.worker_processes > 65536:
-            raise ValueError(
-                "STREAMCTL_METRICS_PORT: the worker processes take this port and the "
-                f"{self.worker_processes - 1} after it, which must stay under 65536"
-            )
+        check_timing(self)  # config.invariants: the rules the defaults are chosen to keep
         self._check_connections()
-        if self.visibility_timeout >= self.job_expiry:
-            raise ValueError(
-                f"STREAMCTL_VISIBILITY_TIMEOUT ({self.visibility_timeout:g} s) must be shorter "
-                f"than STREAMCTL_JOB_EXPIRY ({self.job_expiry:g} s), so that a lost job is "
-                "redelivered while it may still run"
-            )
         return self
 
     def _check_connections(self) -> None:

@@ -414,7 +414,7 @@ def test_version_and_whole_summaries() -> None:
 # --- item 10: feedback on long waits ------------------------------------------------------------
 
 QUIET_SOON = (
-    "import sys, worker.store.results_log as log, worker.cli.reconnect as rc; "
+    "import sys, worker.store.results_log as log, worker.cli.progress as rc; "
     "log.QUIET_FIRST = rc.QUIET_FIRST = 0.5; log.QUIET_EVERY = 0.5; rc.PLAIN_PROGRESS_EVERY = 1; "
     "from worker.cli.main import main; main(sys.argv[1:], prog_name='streamctl')"
 )

@@ -8,25 +8,16 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from typing import TYPE_CHECKING, Any
 
 import click
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeRemainingColumn,
-)
-from rich.table import Table
 
 from config.lanes import Lane
 from config.units import parse_rate
 from worker.cli.errors import EXIT_INTERRUPTED, emit, friendly_errors
+from worker.cli.progress import follow_with_progress, print_summary
 from worker.errors import InvalidLines, StreamctlError
-from worker.model.results import OUTCOME_STYLE as STYLE
 from worker.model.results import Outcome
 
 if TYPE_CHECKING:
@@ -35,10 +26,6 @@ if TYPE_CHECKING:
 
 #: Exit codes: every job succeeded; some did not; no summary came in time (as ``close``).
 EXIT_OK, EXIT_NOT_ALL_SUCCEEDED, EXIT_NO_RESULT = 0, 1, 3
-#: Seconds without any result before saying so (no worker?), then between two such notices.
-QUIET_FIRST, QUIET_EVERY = 10.0, 30.0
-#: Off a terminal (a log, a CI job): a progress line every this many seconds.
-PLAIN_PROGRESS_EVERY = 5.0
 #: Durations that must be positive.
 POSITIVE_SECONDS = click.FloatRange(min=0, min_open=True)
 
@@ -201,7 +188,7 @@ def _follow_to_the_end(
 ) -> None:
     """Follow the batch to its summary, print it, and exit as ``reconnect`` does."""
     try:
-        summary = _follow_with_progress(err, started, timeout, sender, counts)
+        summary = follow_with_progress(err, started, timeout, sender, counts)
     except KeyboardInterrupt:
         err.print(
             f"\nstopped following batch {started.batch_id}; the batch goes on.\n"
@@ -217,123 +204,9 @@ def _follow_to_the_end(
             highlight=False,
         )
         sys.exit(EXIT_NO_RESULT)
-    _print_summary(err, summary)
+    print_summary(err, summary)
     succeeded = summary["counts"].get(Outcome.SUCCESS, 0) == summary["total"]
     sys.exit(EXIT_OK if succeeded else EXIT_NOT_ALL_SUCCEEDED)
-
-
-def _outcomes_text(counts: dict[str, int], *, styled: bool) -> str:
-    return " ".join(
-        f"[{STYLE.get(name, 'white')}]{name} {count}[/]" if styled else f"{name} {count}"
-        for name, count in sorted(counts.items())
-        if count
-    )
-
-
-def _follow_with_progress(
-    err: Console,
-    started: StartedBatch,
-    timeout: float | None,
-    sender: BatchSender,
-    counts: dict[str, int],
-) -> dict[str, Any] | None:
-    from worker.produce.batch import wait_for_batch
-
-    begun = time.monotonic()
-    quiet = {"next": begun + QUIET_FIRST, "plain": begun + PLAIN_PROGRESS_EVERY}
-
-    def notify(text: str) -> None:
-        err.print(f"streamctl: {text}", highlight=False)
-
-    def done() -> int:
-        return sum(counts.values())
-
-    def say_if_quiet() -> None:
-        now = time.monotonic()
-        if done() == 0 and now >= quiet["next"]:
-            notify(
-                f"no result yet after {now - begun:.0f} s: is a worker running? (streamctl worker)"
-            )
-            quiet["next"] += QUIET_EVERY
-        if not err.is_terminal and now >= quiet["plain"]:
-            err.print(
-                f"batch {started.batch_id}: {done()}/{started.total} "
-                f"{_outcomes_text(counts, styled=False)}",
-                highlight=False,
-                markup=False,
-            )
-            quiet["plain"] = now + PLAIN_PROGRESS_EVERY
-
-    def count(result: dict[str, Any]) -> None:
-        outcome = str(result.get("outcome"))
-        counts[outcome] = counts.get(outcome, 0) + 1
-
-    err.print(f"following batch {started.batch_id} (Ctrl-C stops following, not the batch)")
-    if not err.is_terminal:
-
-        def on_plain_result(result: dict[str, Any]) -> None:
-            count(result)
-            say_if_quiet()
-
-        return wait_for_batch(
-            started,
-            timeout=timeout,
-            on_result=on_plain_result,
-            sender=sender,
-            notify=notify,
-            on_idle=say_if_quiet,
-        )
-
-    # Fits 80 columns with three outcomes: the batch id is printed above, not in the bar.
-    columns = (
-        BarColumn(bar_width=14),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[outcomes]}"),
-        TextColumn("{task.fields[rate]}"),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, console=err, transient=False) as progress:
-        task = progress.add_task(
-            "",
-            total=started.total,
-            completed=done(),
-            outcomes=_outcomes_text(counts, styled=True),
-            rate="",
-        )
-
-        def on_result(result: dict[str, Any]) -> None:
-            count(result)
-            per_second = done() / max(time.monotonic() - begun, 1e-6)
-            progress.update(
-                task,
-                completed=done(),
-                outcomes=_outcomes_text(counts, styled=True),
-                rate=f"{per_second:.0f}/s",
-            )
-
-        return wait_for_batch(
-            started,
-            timeout=timeout,
-            on_result=on_result,
-            sender=sender,
-            notify=notify,
-            on_idle=say_if_quiet,
-        )
-
-
-def _print_summary(err: Console, summary: dict[str, Any]) -> None:
-    # The id above the table, not as its title: a title wraps at the table's narrow width.
-    err.print(f"batch {summary['batch_id']}", highlight=False)
-    table = Table()
-    table.add_column("outcome")
-    table.add_column("jobs", justify="right")
-    for name, count in summary["counts"].items():
-        if count:
-            table.add_row(f"[{STYLE.get(name, 'white')}]{name}[/]", str(count))
-    table.add_row("total", str(summary["total"]))
-    err.print(table)
-    err.print(f"started {summary['started_at']}, finished {summary['finished_at']}")
-    emit(json.dumps(summary, ensure_ascii=False))
 
 
 @click.command()
@@ -393,7 +266,7 @@ def batch(
         progress = state.progress(batch_id)
         err = Console(stderr=True)
         if progress.summary is not None:
-            _print_summary(err, progress.summary)
+            print_summary(err, progress.summary)
             succeeded = progress.summary["counts"].get(Outcome.SUCCESS, 0) == progress.total
             sys.exit(EXIT_OK if succeeded else EXIT_NOT_ALL_SUCCEEDED)
         expiry = float(sender.settings.job_expiry)
