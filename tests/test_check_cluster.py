@@ -48,7 +48,9 @@ def test_check_passes_with_a_worker(worker: WorkerProcess) -> None:
     done = streamctl_check(**fresh)
     assert done.returncode == 0, done.stdout + done.stderr
     found = statuses(done.stdout)
-    assert found["workers"] == "ok" and "1 answered (1 on streamctl)" in done.stdout
+    # Every lane's queue, the urgent ones on their own channel included (worker.consume.lanes).
+    consumed = "1 answered (1 on streamctl,streamctl.bulk,streamctl.urgent)"
+    assert found["workers"] == "ok" and consumed in done.stdout
     assert found["api"] == "ok", done.stdout
     assert "a ScaleEngine API: it refused the probe (code 0003)" in done.stdout
     assert done.stdout.rstrip().endswith("all checks passed")

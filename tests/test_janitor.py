@@ -14,6 +14,7 @@ from typing import Any
 
 import redis
 
+from config.lanes import CONSUMED_QUEUES
 from tests.faults.harness import cluster, unique_target
 from worker.broker.messages import JOBS_FIELD
 from worker.consume.janitor import LOST_MESSAGE, grace_seconds, rescue, sweep
@@ -38,12 +39,13 @@ def _message_jobs(raw: bytes) -> list[str]:
 
 def _drop_message(fleet: Any, job_id: str) -> None:
     """Take a job's message off the queue, as a worker killed right after BRPOP does."""
-    for raw in fleet.redis.lrange("streamctl", 0, -1):
-        if job_id in _message_jobs(raw):
-            # A small batch goes one job per message (worker.broker.messages.chunk_sizes).
-            assert _message_jobs(raw) == [job_id]
-            assert fleet.redis.lrem("streamctl", 1, raw) == 1
-            return
+    for queue in CONSUMED_QUEUES:  # every lane's queue (a batch's jobs are in the bulk one)
+        for raw in fleet.redis.lrange(queue, 0, -1):
+            if job_id in _message_jobs(raw):
+                # A small batch goes one job per message (worker.broker.messages.chunk_sizes).
+                assert _message_jobs(raw) == [job_id]
+                assert fleet.redis.lrem(queue, 1, raw) == 1
+                return
     raise AssertionError(f"no message for {job_id} on the queue")
 
 

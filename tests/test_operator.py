@@ -21,6 +21,7 @@ import pytest
 import redis
 from click.testing import CliRunner
 
+from config.lanes import CONSUMED_QUEUES
 from tests.private_redis import PrivateRedis
 from worker.cli.main import main
 from worker.dev.embedded_redis import free_port
@@ -299,11 +300,11 @@ def test_close_strips_the_stream_as_the_csv_reader_does(worker: Any, sandbox: An
 
 
 def test_an_empty_job_id_is_refused(redis_client: redis.Redis) -> None:
-    before = redis_client.llen("streamctl")
+    before = {queue: redis_client.llen(queue) for queue in CONSUMED_QUEUES}
     done = streamctl("close", "--stream-id", "5", "--job-id", "")
     assert done.returncode == 2
     assert "'--job-id'" in done.stderr and "empty" in done.stderr
-    assert redis_client.llen("streamctl") == before
+    assert {queue: redis_client.llen(queue) for queue in CONSUMED_QUEUES} == before
 
 
 def test_csv_headers_are_matched_case_insensitively(tmp_path: Path) -> None:

@@ -50,7 +50,13 @@ def check_cluster(settings: Settings, *, broker_answers: bool) -> Iterator[Check
 def check_workers(app: Celery) -> Check:
     """Fail when no worker answers; name each one that does and the queues it consumes."""
     try:
-        replies = app.control.inspect(timeout=WORKER_REPLY_TIMEOUT).active_queues() or {}
+        # streamctl_queues (worker.consume.lanes): the urgent lane's queues are consumed on a
+        # channel of their own, which Celery's active_queues does not list.
+        inspect = app.control.inspect(timeout=WORKER_REPLY_TIMEOUT)
+        replies = {
+            node: [{"name": name} for name in names]
+            for node, names in (inspect._request("streamctl_queues") or {}).items()
+        }
     except Exception as exc:  # the broker is down: reported by its own check too
         reason = type(exc).__name__
         return Check("workers", "fail", f"not asked: the broker does not answer ({reason})")

@@ -29,6 +29,7 @@ from celery import bootsteps
 from celery.concurrency.base import apply_target
 from celery.concurrency.thread import ApplyResult
 from celery.concurrency.thread import TaskPool as ThreadTaskPool
+from celery.worker.control import inspect_command
 from kombu.common import ignore_errors
 
 from config.lanes import BULK_QUEUE, TASK_LANES, URGENT, URGENT_QUEUE, URGENT_QUEUES
@@ -83,6 +84,21 @@ def route(
     return on_apply
 
 
+#: The queues this process's urgent step consumes (``streamctl_queues`` reports them).
+_URGENT_CONSUMED: list[str] = []
+
+
+@inspect_command()  # type: ignore[untyped-decorator]  # celery has no hints
+def streamctl_queues(state: Any) -> list[str]:
+    """Every queue this worker consumes: the main consumer's and the urgent lane's own.
+
+    Celery's ``active_queues`` lists only the main consumer's, which no longer holds the urgent
+    queues (``UrgentConsumer``): ``streamctl check`` asks this instead.
+    """
+    main = [str(queue.name) for queue in state.consumer.task_consumer.queues]
+    return sorted({*main, *_URGENT_CONSUMED})
+
+
 class UrgentConsumer(bootsteps.ConsumerStep):  # type: ignore[misc]  # celery has no hints
     """The urgent queues' own consumer channel, and the reserved threads (module docstring)."""
 
@@ -126,6 +142,7 @@ class UrgentConsumer(bootsteps.ConsumerStep):  # type: ignore[misc]  # celery ha
         consumer.qos(prefetch_count=self.threads * URGENT_PREFETCH_PER_THREAD)
         self.consumers = [consumer]
         consumer.consume()
+        _URGENT_CONSUMED[:] = self.queue_names
         log.info(
             "urgent lane: consuming %s on a channel of its own, %d reserved threads",
             ", ".join(self.queue_names),
