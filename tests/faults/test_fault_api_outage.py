@@ -62,9 +62,11 @@ def test_api_outage_jobs_retry_through_it_and_expired_ones_are_never_sent_late(
     for job_id, target in {**lasting, **midway}.items():
         seen = sandbox.requests_for(target)
         kinds = [record["reply"] for record in seen]
-        assert kinds[-1] == "success" and set(kinds[:-1]) == {"outage"}, (job_id, kinds)
+        # Nothing but outage replies before the success. A job that the urgent lane's reserved
+        # threads reach only after the outage is sent once, after it (worker.consume.lanes).
+        assert kinds[-1] == "success" and set(kinds[:-1]) <= {"outage"}, (job_id, kinds)
         assert seen[-1]["received_at"] >= outage_ended
-        retried_through += 1
+        retried_through += bool(kinds[:-1])
     lost, doubled = lost_and_doubled(results)
     by_group = {
         "lasting": dict(outcomes({j: results[j] for j in lasting})),
