@@ -22,7 +22,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
@@ -94,6 +94,19 @@ def make_app(settings: Settings, queue: str | None = None) -> Celery:
 
 
 # --- RabbitMQ -------------------------------------------------------------------------------
+
+T = TypeVar("T")
+
+#: The issues' full-size fault scenarios (2,000 targets at 100/s, ...) with
+#: STREAMCTL_FAULTS_FULL=1; the test command runs them smaller, to keep the suite short: the
+#: same mechanism and the same bounds, over fewer jobs and an earlier kill.
+FULL_SCALE = os.environ.get("STREAMCTL_FAULTS_FULL") == "1"
+
+
+def scaled(full: T, quick: T) -> T:
+    """``full`` with STREAMCTL_FAULTS_FULL=1, else ``quick``."""
+    return full if FULL_SCALE else quick
+
 
 #: The machine's RabbitMQ; every test takes a virtual host of its own on it, never ``/``.
 RABBITMQ_URL = os.environ.get("STREAMCTL_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")

@@ -25,6 +25,7 @@ from tests.faults.harness import (
     outcomes,
     rabbitmq_reachable,
     report,
+    scaled,
     unique_target,
 )
 from worker.model.targets import CloseJob
@@ -32,9 +33,9 @@ from worker.produce.batch import BatchSender
 
 pytestmark = pytest.mark.faults
 
-JOBS = 2000
+JOBS = scaled(2000, 600)
 RATE = 100.0
-KILL_AFTER = 8.0
+KILL_AFTER = scaled(8.0, 3.0)
 THREADS = 16
 #: Seconds from the start of the enqueue to the batch's last result (issue 13).
 BOUND = {"rabbitmq": 35.0, "redis": 60.0}

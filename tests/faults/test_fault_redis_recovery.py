@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.faults.harness import cluster, lost_and_doubled, outcomes, report, unique_target
+from tests.faults.harness import cluster, lost_and_doubled, outcomes, report, scaled, unique_target
 from worker.broker.messages import send_retry
 from worker.model.targets import CloseJob
 from worker.produce.batch import BatchSender
@@ -24,9 +24,9 @@ from worker.produce.producer import job_kwargs
 
 pytestmark = pytest.mark.faults
 
-JOBS = 2000
+JOBS = scaled(2000, 600)
 RATE = 100.0
-KILL_AFTER = 8.0
+KILL_AFTER = scaled(8.0, 3.0)
 #: The issue's bound: every job of the killed worker has run elsewhere within a minute.
 RECOVERY_BOUND = 60.0
 #: The settings' defaults (the fault cluster's quick timing undone): the 30 s visibility

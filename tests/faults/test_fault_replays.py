@@ -22,6 +22,7 @@ from tests.faults.harness import (
     lost_and_doubled,
     outcomes,
     report,
+    scaled,
     unique_target,
 )
 from worker.model.targets import CloseJob
@@ -30,7 +31,7 @@ from worker.produce.batch import BatchSender
 pytestmark = pytest.mark.faults
 
 #: Jobs, and the distinct targets among them (the other jobs close a target a second time).
-SIZES = {"redis": (5000, 4000), "rabbitmq": (1000, 800)}
+SIZES = {"redis": scaled((5000, 4000), (2000, 1600)), "rabbitmq": (1000, 800)}
 FAULTY = 0.30
 TRANSIENT = [
     ("http_error", {"status": 503}),

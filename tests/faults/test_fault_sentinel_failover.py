@@ -24,7 +24,7 @@ from celery import Celery
 
 from config.settings import Settings, load_settings
 from tests.conftest import WorkerProcess
-from tests.faults.harness import FAULT_TUNING, make_app, report, unique_target
+from tests.faults.harness import FAULT_TUNING, make_app, report, scaled, unique_target
 from tests.private_redis import SentinelSet
 from worker.model.targets import CloseJob
 from worker.produce.batch import BatchSender, wait_for_batch
@@ -32,9 +32,9 @@ from worker.store.redis import redis_client
 
 pytestmark = pytest.mark.faults
 
-JOBS = 1500
+JOBS = scaled(1500, 600)
 RATE = 100.0
-KILL_AFTER = 6.0
+KILL_AFTER = scaled(6.0, 3.0)
 EXPIRES = 120.0
 _NOT_INHERITED = ("CELERY_BROKER_URL", "STREAMCTL_RATE_LIMIT", "STREAMCTL_MAX_IN_FLIGHT")
 
