@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-from worker.dev.embedded_redis import find_redis_server, free_port
+from worker.dev.embedded_redis import find_redis_server, free_port, stop_process
 
 
 def _openssl(*args: str) -> None:
@@ -90,13 +90,7 @@ class PrivateRedis:
         return self
 
     def stop(self) -> None:
-        if self._process is not None and self._process.poll() is None:
-            self._process.terminate()
-            try:
-                self._process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
+        stop_process(self._process)
         self._process = None
 
     def __enter__(self) -> PrivateRedis:
@@ -219,9 +213,7 @@ class SentinelSet:
 
     def stop(self) -> None:
         for sentinel in self._sentinels:
-            if sentinel.poll() is None:
-                sentinel.terminate()
-                sentinel.wait(timeout=10)
+            stop_process(sentinel)
         self._sentinels.clear()
         self.replica.stop()
         self.master.stop()

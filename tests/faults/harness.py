@@ -272,6 +272,49 @@ class Cluster:
         return len(self._seen)
 
 
+class TricklingProducer:
+    """A producer thread that enqueues ``jobs`` closes one after another and, like any caller,
+    retries an enqueue that raised EnqueueError; anything else it raises is a finding.
+
+    The fault tests that take the broker away mid-run (a Redis restart, RabbitMQ's connections
+    closed) let enqueues straddle the fault with it.
+    """
+
+    def __init__(self, producer: Producer, prefix: str, jobs: int, pause: float) -> None:
+        self.accepted: list[str] = []
+        self.failed_enqueues: list[str] = []
+        self.unexpected: list[BaseException] = []
+        self._args = (producer, prefix, jobs, pause)
+        self.thread = threading.Thread(target=self._produce, daemon=True)
+
+    def _produce(self) -> None:
+        from worker.errors import EnqueueError
+
+        producer, prefix, jobs, pause = self._args
+        try:
+            for index in range(jobs):
+                target, job_id = unique_target(prefix), f"{prefix}-{index}"
+                while True:
+                    try:
+                        producer.close(**target, job_id=job_id)
+                    except EnqueueError as exc:
+                        self.failed_enqueues.append(f"{job_id}: {exc}")
+                        time.sleep(0.2)
+                        continue
+                    self.accepted.append(job_id)
+                    break
+                time.sleep(pause)  # a steady trickle, so enqueues straddle the fault
+        except BaseException as exc:  # anything but EnqueueError is a finding
+            self.unexpected.append(exc)
+
+    def start_and_wait_for(self, count: int) -> int:
+        """Start, and return once ``count`` enqueues were accepted (or the thread ended)."""
+        self.thread.start()
+        while len(self.accepted) < count and self.thread.is_alive():
+            time.sleep(0.05)
+        return len(self.accepted)
+
+
 @contextmanager
 def cluster(root: Path, **options: Any) -> Iterator[Cluster]:
     made = Cluster(root, **options)

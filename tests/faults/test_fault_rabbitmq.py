@@ -5,7 +5,6 @@ Each test takes a virtual host of its own on the machine's RabbitMQ (tests.fault
 
 from __future__ import annotations
 
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -18,6 +17,7 @@ from tests.conftest import TEST_API_KEY, TEST_SECRET
 from tests.faults.harness import (
     RABBITMQ_URL,
     Cluster,
+    TricklingProducer,
     close_vhost_connections,
     cluster,
     lost_and_doubled,
@@ -213,36 +213,16 @@ def test_broker_restart_mid_run_loses_nothing(tmp_path: Path, sandbox: Any) -> N
     with rabbitmq_vhost() as broker_url, cluster(tmp_path, broker_url=broker_url) as fleet:
         fleet.start_worker("a", concurrency=4)
         fleet.start_worker("b", concurrency=4)
-        accepted: list[str] = []
-        failed_enqueues: list[str] = []
-        unexpected: list[BaseException] = []
-
-        def produce() -> None:
-            """A producer that, like any caller, retries an enqueue that raised EnqueueError."""
-            try:
-                for index in range(RESTART_JOBS):
-                    target, job_id = unique_target("amqp-restart"), f"amqp-restart-{index}"
-                    while True:
-                        try:
-                            fleet.producer.close(**target, job_id=job_id)
-                        except EnqueueError as exc:
-                            failed_enqueues.append(f"{job_id}: {exc}")
-                            time.sleep(0.2)
-                            continue
-                        accepted.append(job_id)
-                        break
-                    time.sleep(0.02)  # a steady trickle, so enqueues straddle the restart
-            except BaseException as exc:  # anything but EnqueueError is a finding
-                unexpected.append(exc)
-
-        producer = threading.Thread(target=produce, daemon=True)
-        producer.start()
-        while len(accepted) < RESTART_JOBS // 3 and producer.is_alive():
-            time.sleep(0.05)
-        enqueued_before = len(accepted)
+        trickle = TricklingProducer(fleet.producer, "amqp-restart", RESTART_JOBS, pause=0.02)
+        enqueued_before = trickle.start_and_wait_for(RESTART_JOBS // 3)
+        accepted, failed_enqueues, unexpected = (
+            trickle.accepted,
+            trickle.failed_enqueues,
+            trickle.unexpected,
+        )
         close_vhost_connections(broker_url)
-        producer.join(timeout=120)
-        assert not producer.is_alive(), "the producer hung"
+        trickle.thread.join(timeout=120)
+        assert not trickle.thread.is_alive(), "the producer hung"
         results = fleet.wait_for(accepted, timeout=60)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and not all(

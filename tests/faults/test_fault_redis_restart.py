@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.faults.harness import cluster, lost_and_doubled, outcomes, report, unique_target
-from worker.errors import EnqueueError
+from tests.faults.harness import (
+    TricklingProducer,
+    cluster,
+    lost_and_doubled,
+    outcomes,
+    report,
+)
 
 pytestmark = pytest.mark.faults
 
@@ -22,36 +26,16 @@ def test_redis_restart_mid_run_loses_nothing(tmp_path: Path, sandbox: Any) -> No
     with cluster(tmp_path, persistence=True) as fleet:
         fleet.start_worker("a")
         fleet.start_worker("b")
-        accepted: list[str] = []
-        failed_enqueues: list[str] = []
-        unexpected: list[BaseException] = []
-
-        def produce() -> None:
-            """A producer that, like any caller, retries an enqueue that raised EnqueueError."""
-            try:
-                for index in range(JOBS):
-                    target, job_id = unique_target("restart"), f"restart-{index}"
-                    while True:
-                        try:
-                            fleet.producer.close(**target, job_id=job_id)
-                        except EnqueueError as exc:
-                            failed_enqueues.append(f"{job_id}: {exc}")
-                            time.sleep(0.2)
-                            continue
-                        accepted.append(job_id)
-                        break
-                    time.sleep(0.01)  # a steady trickle, so enqueues straddle the restart
-            except BaseException as exc:  # anything but EnqueueError is a finding
-                unexpected.append(exc)
-
-        producer = threading.Thread(target=produce, daemon=True)
-        producer.start()
-        while len(accepted) < JOBS // 3 and producer.is_alive():
-            time.sleep(0.05)
-        enqueued_before = len(accepted)
+        trickle = TricklingProducer(fleet.producer, "restart", JOBS, pause=0.01)
+        enqueued_before = trickle.start_and_wait_for(JOBS // 3)
+        accepted, failed_enqueues, unexpected = (
+            trickle.accepted,
+            trickle.failed_enqueues,
+            trickle.unexpected,
+        )
         fleet.redis_server.restart(down_for=DOWN_FOR)
-        producer.join(timeout=180)
-        assert not producer.is_alive(), "the producer hung"
+        trickle.thread.join(timeout=180)
+        assert not trickle.thread.is_alive(), "the producer hung"
         results = fleet.wait_for(accepted, timeout=120)
         # Each worker's consumer reconnected on its own: Celery logs a second "Connected to".
         deadline = time.monotonic() + 60

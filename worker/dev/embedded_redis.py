@@ -99,13 +99,7 @@ class EmbeddedRedis:
         return self
 
     def stop(self) -> None:
-        if self._process is not None and self._process.poll() is None:
-            self._process.terminate()
-            try:
-                self._process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
+        stop_process(self._process)
         self._process = None
 
     def restart(self, *, down_for: float = 0.0) -> EmbeddedRedis:
@@ -138,3 +132,14 @@ class EmbeddedRedis:
         tb: TracebackType | None,
     ) -> None:
         self.cleanup()
+
+
+def stop_process(process: subprocess.Popen[bytes] | None) -> None:
+    """Terminate a server process and wait for it; kill it if it does not stop in 10 s."""
+    if process is not None and process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
