@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 import redis
@@ -43,9 +44,29 @@ TEST_TUNING = {
 _started: dict[str, Any] = {}
 
 
+def _is_xdist_controller(config: pytest.Config) -> bool:
+    """Under ``pytest -n N`` the controller runs no test: only its N workers need the parts."""
+    return not hasattr(config, "workerinput") and bool(config.getoption("numprocesses", None))
+
+
+def _given_redis_url(url: str) -> str:
+    """A ``REDIS_URL`` given from outside, with a database of each xdist worker's own.
+
+    Two test processes sharing one database would consume each other's jobs (each starts its
+    own worker on it): ``gw0`` takes database 1, ``gw1`` database 2, and so on.
+    """
+    name = os.environ.get("PYTEST_XDIST_WORKER")
+    if not name:
+        return url
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=f"/{int(name.removeprefix('gw')) + 1}"))
+
+
 def pytest_configure(config: pytest.Config) -> None:
+    if _is_xdist_controller(config):
+        return
     if "REDIS_URL" in os.environ:
-        redis_url = os.environ["REDIS_URL"]
+        redis_url = _given_redis_url(os.environ["REDIS_URL"])
     else:
         server = EmbeddedRedis().start()
         _started["redis"] = server
