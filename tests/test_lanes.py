@@ -59,6 +59,29 @@ def test_an_urgent_job_starts_before_bulk_jobs_queued_before_it(
     assert all(len(found) == 1 and found[0]["outcome"] == "success" for found in results.values())
 
 
+def test_a_burst_of_urgent_closes_also_takes_the_idle_bulk_threads(
+    tmp_path: Path, sandbox: Any
+) -> None:
+    """The reserved threads are a floor for urgent work, not a ceiling: with the bulk lane idle,
+    a burst of single closes runs on every thread the worker has, not one at a time."""
+    threads = 4
+    with cluster(tmp_path, tuning={"STREAMCTL_URGENT_THREADS": "1"}) as fleet:
+        fleet.start_worker("lanes", concurrency=threads)
+        burst = [unique_target("burst") for _ in range(threads + 1)]
+        for target in burst:
+            sandbox.inject(target, "slow", delay=SLOW)
+        sent = time.monotonic()
+        job_ids = [fleet.producer.close(**target) for target in burst]
+        results = fleet.wait_for(job_ids, timeout=20)
+        took = time.monotonic() - sent
+
+    assert all([r["outcome"] for r in found] == ["success"] for found in results.values())
+    assert {found[0]["lane"] for found in results.values()} == {URGENT}
+    # One reserved thread and four idle bulk threads: five one-second closes end in about one
+    # second, not five (each on the reserved thread in turn).
+    assert took < 2 * SLOW + 1, took
+
+
 def test_each_queue_runs_its_tasks_default_lane_unless_a_lane_is_named(
     tmp_path: Path, sandbox: Any
 ) -> None:

@@ -11,7 +11,9 @@ each gets its own remedy here:
   main consumer, which keeps the bulk queue.
 * **Executing.** Celery's thread pool is one executor with one FIFO of submitted jobs, so a
   received urgent job would wait behind the prefetched bulk ones. The pool is given a second
-  executor of STREAMCTL_URGENT_THREADS threads that bulk work never reaches (``route``).
+  executor of STREAMCTL_URGENT_THREADS threads that bulk work never reaches (``LaneRouter``);
+  an urgent job also takes a shared thread that is idle, so a burst of single closes on a
+  quiet worker runs on all its threads.
 
 Both channels feed Celery's own task handler and strategies, so an urgent job is a normal
 Celery task: task events for Flower, acks_late, retries, revokes, the guard on malformed
@@ -21,6 +23,7 @@ bodies. Redis and RabbitMQ alike: a channel has its own QoS on both.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -56,16 +59,62 @@ def runs_urgent(task_name: str, delivery_info: Mapping[str, Any] | None) -> bool
     return TASK_LANES.get(task_name) == URGENT
 
 
-def route(
-    shared: Callable[..., ApplyResult], urgent: ThreadPoolExecutor
-) -> Callable[..., ApplyResult]:
-    """The pool's ``on_apply``, sending urgent jobs to the reserved executor.
+class LaneRouter:
+    """The pool's ``on_apply``: bulk jobs to the shared threads; urgent jobs to a reserved
+    thread, else an idle shared one, else a wait for the next reserved thread.
+
+    The reserved threads are a floor for urgent work, not a ceiling: a burst of single closes
+    on an idle worker takes every thread, and still never waits behind a bulk job, because it
+    joins the shared FIFO only when a shared thread is free (nothing of that FIFO waits then).
+    Each executor's running and waiting jobs are counted here, at submit and at end.
 
     Celery calls it with the trace function and ``(task name, id, request, body, ...)``; the
     request carries the message's delivery info.
     """
 
-    def on_apply(
+    def __init__(
+        self,
+        shared: Callable[..., ApplyResult],
+        shared_threads: int,
+        reserved: ThreadPoolExecutor,
+        reserved_threads: int,
+    ) -> None:
+        self._shared = shared
+        self._reserved = reserved
+        self._limits = {"shared": shared_threads, "reserved": reserved_threads}
+        self._busy = {"shared": 0, "reserved": 0}
+        self._lock = threading.Lock()
+
+    def busy(self) -> Mapping[str, int]:
+        """Jobs each executor runs or holds queued now."""
+        with self._lock:
+            return dict(self._busy)
+
+    def _take(self, urgent: bool) -> str:
+        with self._lock:
+            if not urgent:
+                where = "shared"
+            elif self._busy["reserved"] < self._limits["reserved"]:
+                where = "reserved"
+            elif self._busy["shared"] < self._limits["shared"]:
+                where = "shared"
+            else:
+                where = "reserved"  # waits behind urgent work only
+            self._busy[where] += 1
+            return where
+
+    def _counted(self, where: str, target: Callable[..., Any]) -> Callable[..., Any]:
+        def run(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return target(*args, **kwargs)
+            finally:
+                with self._lock:
+                    self._busy[where] -= 1
+
+        return run
+
+    def __call__(
+        self,
         target: Callable[..., Any],
         args: Sequence[Any] | None = None,
         kwargs: Mapping[str, Any] | None = None,
@@ -74,14 +123,22 @@ def route(
         **options: Any,
     ) -> ApplyResult:
         request = args[2] if args and len(args) > 2 else None
-        if isinstance(request, Mapping) and runs_urgent(
+        urgent = isinstance(request, Mapping) and runs_urgent(
             str(args[0]) if args else "", request.get("delivery_info")
-        ):
-            future = urgent.submit(apply_target, target, args, kwargs, callback, accept_callback)
-            return ApplyResult(future)
-        return shared(target, args, kwargs, callback, accept_callback, **options)
-
-    return on_apply
+        )
+        where = self._take(urgent)
+        try:
+            if where == "reserved":
+                run = self._counted(where, apply_target)
+                future = self._reserved.submit(run, target, args, kwargs, callback, accept_callback)
+                return ApplyResult(future)
+            return self._shared(
+                self._counted(where, target), args, kwargs, callback, accept_callback, **options
+            )
+        except BaseException:
+            with self._lock:  # never submitted (a pool shutting down): not busy
+                self._busy[where] -= 1
+            raise
 
 
 #: The queues this process's urgent step consumes (``streamctl_queues`` reports them).
@@ -115,12 +172,14 @@ class UrgentConsumer(bootsteps.ConsumerStep):  # type: ignore[misc]  # celery ha
         if self.queue_names:
             queues.deselect(self.queue_names)
         self.executor: ThreadPoolExecutor | None = None
+        self.router: LaneRouter | None = None
         pool = c.pool
         if isinstance(pool, ThreadTaskPool):
             self.executor = ThreadPoolExecutor(
                 max_workers=self.threads, thread_name_prefix="urgent"
             )
-            pool.on_apply = route(pool.on_apply, self.executor)
+            self.router = LaneRouter(pool.on_apply, pool.limit, self.executor, self.threads)
+            pool.on_apply = self.router
         else:
             log.warning(
                 "pool %s is not the thread pool: urgent jobs share its workers",
@@ -139,7 +198,9 @@ class UrgentConsumer(bootsteps.ConsumerStep):  # type: ignore[misc]  # celery ha
         )
         # Celery's own handler: the same strategies, events and acknowledgements as any task.
         consumer.on_message = c.create_task_handler()
-        consumer.qos(prefetch_count=self.threads * URGENT_PREFETCH_PER_THREAD)
+        # Enough for the reserved threads and, when the bulk lane is idle, every shared one.
+        shared = c.pool.limit if self.router is not None else 0
+        consumer.qos(prefetch_count=self.threads * URGENT_PREFETCH_PER_THREAD + shared)
         self.consumers = [consumer]
         consumer.consume()
         _URGENT_CONSUMED[:] = self.queue_names
