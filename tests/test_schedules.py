@@ -208,6 +208,14 @@ def test_two_beats_enqueue_each_due_run_once(
                         stderr=subprocess.STDOUT,
                     )
                 )
+        # Both running first (a loaded machine takes seconds to import Celery), then 7 s of
+        # both beats competing for each due run.
+        deadline = time.monotonic() + 30
+        while not all(
+            "beat: Starting" in (tmp_path / f"beat{n}.log").read_text() for n in range(2)
+        ):
+            assert time.monotonic() < deadline, "the beats did not start"
+            time.sleep(0.1)
         time.sleep(7)
     finally:
         for beat in beats:
