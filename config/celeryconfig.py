@@ -45,6 +45,10 @@ task_reject_on_worker_lost = True
 # (benchmarks/run.py). A waiting message ages toward its expiry by one message's run at most.
 worker_prefetch_multiplier = 2
 result_expires = _settings.result_ttl
+# One result backend object for the process, not one per thread: Celery's trace builds it on a
+# thread's first task (a Redis client, its pool, a package-metadata lookup), so -c 1000 made a
+# thousand. redis-py's pool is thread-safe (and greenlet-safe under gevent).
+result_backend_thread_safe = True
 
 # Flower: workers send task events, producers send sent-events.
 worker_send_task_events = True
