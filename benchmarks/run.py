@@ -17,6 +17,7 @@ result; then all of it as one Markdown table.
     python -m benchmarks.run                               # 20,000 jobs; 0, 300 ms; 200, 1,000
     python -m benchmarks.run --jobs 2000 --in-flight 200 --delays 0
     python -m benchmarks.run --processes 3 --in-flight 198 --delays 0.3
+    python -m benchmarks.run --in-flight 1000 --worker-args '--pool gevent'
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -123,6 +125,7 @@ def through_streamctl(
     processes: int,
     redis_url: str,
     separate: bool = False,
+    worker_args: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """One batch through the queue; returns its figures."""
     env = {
@@ -149,7 +152,11 @@ def through_streamctl(
         log = Path(f"/tmp/streamctl-bench-worker-{index}.log")
         procs.append(
             subprocess.Popen(
-                [sys.executable, "-m", "worker.cli", "worker", "-c", str(per_process), *options],
+                [
+                    *(sys.executable, "-m", "worker.cli", "worker", "-c", str(per_process)),
+                    *options,
+                    *worker_args,
+                ],
                 env=env,
                 stdout=log.open("wb"),
                 stderr=subprocess.STDOUT,
@@ -291,6 +298,11 @@ def main() -> None:
         help="start each worker process as its own command instead of one --processes P",
     )
     parser.add_argument(
+        "--worker-args",
+        default="",
+        help="more options for streamctl worker, one string (e.g. '--pool threads')",
+    )
+    parser.add_argument(
         "--thread-pool",
         action="store_true",
         help="also run a bare thread pool of requests.Sessions as a second reference",
@@ -325,6 +337,7 @@ def main() -> None:
                         args.processes,
                         redis_server.url,
                         separate=args.separate,
+                        worker_args=tuple(shlex.split(args.worker_args)),
                     )
                     row["stats"] = standin_stats(url)
                     rows.append((delay, in_flight, args.jobs, row))
