@@ -17,7 +17,7 @@ result; then all of it as one Markdown table.
     python -m benchmarks.run                               # 20,000 jobs; 0, 300 ms; 200, 1,000
     python -m benchmarks.run --jobs 2000 --in-flight 200 --delays 0
     python -m benchmarks.run --processes 3 --in-flight 198 --delays 0.3
-    python -m benchmarks.run --in-flight 1000 --worker-args '--pool gevent'
+    python -m benchmarks.run --in-flight 1000 --worker-args '--prefetch-multiplier 2'
 """
 
 from __future__ import annotations
