@@ -1,11 +1,11 @@
 """A worker's per-job path without Celery: CPU per job and Redis round trips per job.
 
-Runs batch-message-sized chunks of jobs through the job runner the worker builds
-(``worker.consume.wiring.build_runner``), with a private Redis server and the benchmark's
-stand-in over real HTTP (benchmarks/standin.py, delay 0), in ``--threads`` threads. Prints
-this process's CPU per job (``time.process_time``) and the Redis round trips per job
-(commands sent on one connection and answered: a pipeline is one). With ``--profile`` the
-jobs run in one thread under cProfile instead, and the costliest functions are printed.
+Runs messages of ``STREAMCTL_BATCH_CHUNK`` jobs (as the bulk of a large batch) through the job
+runner the worker builds (``worker.consume.wiring.build_runner``), with a private Redis server
+and the benchmark's stand-in over real HTTP (benchmarks/standin.py, delay 0), in ``--threads``
+threads. Prints this process's CPU per job (``time.process_time``) and the Redis round trips
+per job (commands sent on one connection and answered: a pipeline is one). With ``--profile``
+the jobs run in one thread under cProfile instead, and the costliest functions are printed.
 Celery's own work per message is not in here (``benchmarks.run`` measures the whole worker).
 
     python -m benchmarks.jobpath --jobs 4000
@@ -29,7 +29,7 @@ from benchmarks.asyncio_sender import API_KEY, CDN, SECRET
 from benchmarks.run import start_standin, targets
 from config.lanes import BULK, LANE_FIELD
 from config.settings import load_settings
-from worker.broker.messages import chunk_sizes, split
+from worker.broker.messages import split
 from worker.consume.runner import Delivery, JobRunner
 from worker.consume.wiring import build_runner
 from worker.dev.embedded_redis import EmbeddedRedis
@@ -67,8 +67,9 @@ def chunks(count: int, batch_chunk: int, state: JobState) -> list[list[Delivery]
         for index, job in enumerate(targets(count, batch_id))
     ]
     state.record_pending(jobs)
+    # Messages of batch_chunk jobs, as the bulk of a large batch (worker.broker.messages).
     pieces: Sequence[Sequence[tuple[str, dict[str, Any]]]] = split(
-        jobs, chunk_sizes(count, batch_chunk)
+        jobs, [batch_chunk] * -(-count // batch_chunk)
     )
     return [[Delivery(job_id, (), kwargs) for job_id, kwargs in piece] for piece in pieces]
 
