@@ -109,7 +109,7 @@ class SessionPool:
             headers["Content-Type"] = "application/x-www-form-urlencoded"
             template = requests.Request("POST", url, headers=headers).prepare()
             self._templates[url] = template
-        body = urllib.parse.urlencode(fields).encode("ascii")
+        body = form_encode(fields)
         request = requests.PreparedRequest()
         request.method = template.method
         request.url = template.url
@@ -138,6 +138,27 @@ class SessionPool:
     def adapter(self, url: str) -> BaseAdapter:
         """The thread's session's adapter for ``url`` (its one keep-alive connection)."""
         return self.session().get_adapter(url)
+
+
+#: What ``urllib.parse.quote_plus`` makes of each ASCII character: itself when always safe
+#: (letters, digits, ``_.-~``), ``+`` for a space, ``%XX`` otherwise.
+_FORM_ESCAPES = {
+    code: char if char.isascii() and (char.isalnum() or char in "_.-~") else f"%{code:02X}"
+    for code, char in ((code, chr(code)) for code in range(128))
+}
+_FORM_ESCAPES[ord(" ")] = "+"
+
+
+def form_encode(fields: dict[str, str]) -> bytes:
+    """``urllib.parse.urlencode(fields)``, as bytes. ASCII text (a signed body always is: PHP's
+    JSON escapes the rest) is escaped by one ``str.translate`` per value, not by
+    ``quote_plus``'s Python loop over its bytes (5% of the HTTP path's CPU in a profile)."""
+    if all(name.isascii() and value.isascii() for name, value in fields.items()):
+        return "&".join(
+            f"{name.translate(_FORM_ESCAPES)}={value.translate(_FORM_ESCAPES)}"
+            for name, value in fields.items()
+        ).encode("ascii")
+    return urllib.parse.urlencode(fields).encode("ascii")
 
 
 def send(
