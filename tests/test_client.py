@@ -8,6 +8,7 @@ import ssl
 import subprocess
 import threading
 import time
+import urllib.parse
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,7 +23,7 @@ from worker import errors
 from worker.api.client import Account, BeforeSend, ScaleEngineClient
 from worker.api.clock import TimestampClock
 from worker.api.retry import RetryPolicy
-from worker.api.transport import RequestsTransport, SessionPool
+from worker.api.transport import RequestsTransport, SessionPool, form_encode
 from worker.consume.runner import Delivery
 from worker.consume.wiring import build_runner
 from worker.dev.embedded_redis import free_port
@@ -383,3 +384,10 @@ def test_tls_is_verified(tmp_path: Path, redis_client: redis.Redis) -> None:
         assert outcome.handle_time == 0.1
     finally:
         server.shutdown()
+
+
+def test_form_encoding_is_urlencode_s() -> None:
+    every_ascii = "".join(chr(code) for code in range(128))
+    for value in (every_ascii, "", "a b+c", '{"k":"v\\/w"}', "é and 😀 (not ASCII)"):
+        fields = {"json": value, "a b": value[::-1]}
+        assert form_encode(fields) == urllib.parse.urlencode(fields).encode("ascii")

@@ -41,14 +41,22 @@ def request_fields(
 
 def signature(fields: dict[str, str | int], secret: str) -> str:
     """base64(HMAC-SHA256(json_encode(fields), secret)), standard padded base64."""
-    digest = hmac.new(
-        secret.encode("utf-8"), php_json_encode(fields).encode("ascii"), hashlib.sha256
-    ).digest()
-    return base64.b64encode(digest).decode("ascii")
+    return _sign(php_json_encode(fields), secret)
 
 
 def signed_body(fields: dict[str, str | int], secret: str) -> str:
-    """The value of the ``json`` form field: the fields plus ``signature`` as the last key."""
+    """The value of the ``json`` form field: the fields plus ``signature`` as the last key.
+
+    Written from the signed encoding itself rather than by encoding it all again: PHP writes
+    an array as its members in order between braces, so the last member goes before the
+    closing brace; the signature is base64, whose one character PHP escapes is ``/``.
+    """
     signed = {name: value for name, value in fields.items() if name != "signature"}
-    signed["signature"] = signature(signed, secret)
-    return php_json_encode(signed)
+    encoded = php_json_encode(signed)
+    member = '"signature":"' + _sign(encoded, secret).replace("/", "\\/") + '"'
+    return f"{encoded[:-1]},{member}}}" if signed else f"{{{member}}}"
+
+
+def _sign(encoded: str, secret: str) -> str:
+    digest = hmac.new(secret.encode("utf-8"), encoded.encode("ascii"), hashlib.sha256).digest()
+    return base64.b64encode(digest).decode("ascii")

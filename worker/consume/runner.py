@@ -8,6 +8,7 @@ already ended (it is neither sent nor published again). ``_run`` is the decision
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
@@ -118,17 +119,20 @@ class JobRunner:
         # A batch's jobs are bulk unless the batch was sent in the urgent lane.
         deliveries = [_with_lane(delivery, BULK) for delivery in deliveries]
         run = ChunkRun()
-        for index, (delivery, prior) in enumerate(zip(deliveries, priors, strict=True)):
-            if index and time.monotonic() - started > self.chunk_budget:
-                run.leftover.extend(deliveries[index:])
-                break
-            outcome = self._run_from(delivery, prior)
-            if isinstance(outcome, RetryLater):
-                run.retry_later.append((delivery, outcome))
-                continue
-            run.ended += 1
-            name = final_outcome(outcome)
-            run.outcomes[name] = run.outcomes.get(name, 0) + 1
+        # Each job's result goes with the next job's first round trip (worker.store.carry);
+        # the last one's when the message ends.
+        with self.state.carry.holding():
+            for index, (delivery, prior) in enumerate(zip(deliveries, priors, strict=True)):
+                if index and time.monotonic() - started > self.chunk_budget:
+                    run.leftover.extend(deliveries[index:])
+                    break
+                outcome = self._run_from(delivery, prior)
+                if isinstance(outcome, RetryLater):
+                    run.retry_later.append((delivery, outcome))
+                    continue
+                run.ended += 1
+                name = final_outcome(outcome)
+                run.outcomes[name] = run.outcomes.get(name, 0) + 1
         return run
 
     def reject(self, job_id: str, message: str) -> JobResult:
@@ -183,14 +187,8 @@ class JobRunner:
             meta = parse_meta(delivery.kwargs)
             job = CloseJob.parse({k: v for k, v in delivery.kwargs.items() if k not in META_FIELDS})
         except InvalidTarget as exc:
-            return self._finish(
-                delivery,
-                None,
-                _meta_or_empty(delivery.kwargs),
-                Outcome.REJECTED,
-                str(exc),
-                attempts=attempts,
-            )
+            meta = _meta_or_empty(delivery.kwargs)
+            return self._finish(delivery, None, meta, Outcome.REJECTED, str(exc), attempts=attempts)
 
         now = time.time()
         expires_at = meta.expires_at
@@ -198,14 +196,8 @@ class JobRunner:
             base = meta.enqueued_at or self.state.first_seen(delivery.job_id, now)
             expires_at = base + self.job_expiry
         if now >= expires_at:
-            return self._finish(
-                delivery,
-                job,
-                meta,
-                Outcome.EXPIRED,
-                "the job expired before it was sent",
-                attempts=attempts,
-            )
+            message = "the job expired before it was sent"
+            return self._finish(delivery, job, meta, Outcome.EXPIRED, message, attempts=attempts)
 
         # The decision table: how this delivery's sending ended, and what follows it.
         report = self.client.close_stream(
@@ -287,30 +279,36 @@ class JobRunner:
             attempts=attempts,
             enqueued_at=_iso(meta.enqueued_at),
         )
-        if not self.state.publish_final(result):
-            log.info(
-                "job %s already had a final result; this one was not published",
-                delivery.job_id,
-                extra={"event": "duplicate_final", "job_id": delivery.job_id},
-            )
-        else:
-            metrics.observe_outcome(str(outcome))
-            log.log(
-                outcome_level(outcome, result.api_code),
-                "outcome [job=%s] %s: %s",
-                delivery.job_id,
-                outcome,
-                message,
-                extra={
-                    "event": "outcome",
-                    "job_id": delivery.job_id,
-                    "target": result.target,
-                    "outcome": str(outcome),
-                    "api_code": result.api_code,
-                    "attempts": len(result.attempts),
-                },
-            )
+        self.state.end_job(result, functools.partial(_published, result, message))
         return result
+
+
+def _published(result: JobResult, message: str, new: bool) -> None:
+    """Log (and count) a job's final result once Redis answered its publish."""
+    if not new:
+        log.info(
+            "job %s already had a final result; this one was not published",
+            result.job_id,
+            extra={"event": "duplicate_final", "job_id": result.job_id},
+        )
+        return
+    outcome = result.outcome
+    metrics.observe_outcome(str(outcome))
+    log.log(
+        outcome_level(outcome, result.api_code),
+        "outcome [job=%s] %s: %s",
+        result.job_id,
+        outcome,
+        message,
+        extra={
+            "event": "outcome",
+            "job_id": result.job_id,
+            "target": result.target,
+            "outcome": str(outcome),
+            "api_code": result.api_code,
+            "attempts": len(result.attempts),
+        },
+    )
 
 
 def final_outcome(ended: JobResult | AlreadyFinal) -> str:

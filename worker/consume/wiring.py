@@ -43,7 +43,8 @@ def build_runner(
         transport=transport or RequestsTransport(SessionPool(ca_bundle=settings.ca_bundle)),
         policy=policy,
         timeout=(settings.connect_timeout, settings.read_timeout),
-        before_send=ClusterLimiter(client, LimitConfig.from_settings(settings)),
+        # The limiter's asks carry the results a batch message's jobs left (worker.store.carry).
+        before_send=ClusterLimiter(client, LimitConfig.from_settings(settings), carry=state.carry),
         hooks=(*DEFAULT_HOOKS, RecordFailedAttempts(state)),
     )
     del api_secret  # kept only inside the SecretStr

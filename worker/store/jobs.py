@@ -21,7 +21,7 @@ fields are refused (``IdempotencyConflict``), as Stripe does with its idempotenc
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +35,7 @@ from worker.model.results import Attempt, JobResult
 from worker.model.scripts import load_script
 from worker.model.targets import JOB_FIELDS
 from worker.store.batches import OUTCOMES_JSON, SUMMARY_FIELDS_JSON
+from worker.store.carry import Carry
 from worker.store.decode import text
 
 #: Jobs enqueued and not yet ended: job id -> its expires_at.
@@ -105,6 +106,9 @@ class JobState:
         self._publish_once = client.register_script(load_script("publish_final"))
         self._release = client.register_script(load_script("release_job_id"))
         self._claim = client.register_script(load_script("claim_job_id"))
+        #: Publishes left for the thread's next round trip (``end_job``, ``worker.store.carry``);
+        #: the limiter sends them with its ask.
+        self.carry = Carry(client)
 
     # --- producer side ----------------------------------------------------------------------
 
@@ -258,30 +262,41 @@ class JobState:
         return None if raw is None else dict(json.loads(raw))
 
     def publish_final(self, result: JobResult) -> bool:
-        """Store, publish and log the final result; False if the job already had one."""
-        published = self._publish_once(
-            keys=[
-                job_key(result.job_id, "result"),
-                self._log_stream,
-                batch_key(result.batch_id),
-                job_key(result.job_id, "attempts"),
-                PENDING_KEY,
-                PENDING_DATA_KEY,
-            ],
-            args=[
-                result.to_json(),
-                self._channel,
-                self._ttl,
-                self._log_maxlen,
-                str(result.outcome),
-                result.finished_at,
-                result.batch_id or "",
-                SUMMARY_FIELDS_JSON,
-                OUTCOMES_JSON,
-                result.job_id,
-            ],
-        )
-        return bool(published)
+        """Store, publish and log the final result; False if the job already had one.
+
+        Sent at once, with whatever the thread's carry holds."""
+        keys, args = self._publish_call(result)
+        return bool(self.carry.run(self._publish_once, keys, args))
+
+    def end_job(self, result: JobResult, then: Callable[[bool], None]) -> None:
+        """``publish_final``, called back with its answer; inside ``carry.holding()`` (a batch
+        message's run) sent with the thread's next round trip (``worker.store.carry``)."""
+        keys, args = self._publish_call(result)
+        self.carry.add(self._publish_once, keys, args, lambda reply: then(bool(reply)))
+
+    def _publish_call(self, result: JobResult) -> tuple[list[str], list[str | int]]:
+        """lua/publish_final.lua's KEYS and ARGV for ``result``."""
+        keys = [
+            job_key(result.job_id, "result"),
+            self._log_stream,
+            batch_key(result.batch_id),
+            job_key(result.job_id, "attempts"),
+            PENDING_KEY,
+            PENDING_DATA_KEY,
+        ]
+        args: list[str | int] = [
+            result.to_json(),
+            self._channel,
+            self._ttl,
+            self._log_maxlen,
+            str(result.outcome),
+            result.finished_at,
+            result.batch_id or "",
+            SUMMARY_FIELDS_JSON,
+            OUTCOMES_JSON,
+            result.job_id,
+        ]
+        return keys, args
 
 
 class RecordFailedAttempts(AttemptHook):

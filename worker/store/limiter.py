@@ -28,7 +28,9 @@ again behind later jobs when it comes back. No wait outlasts the job's expiry (J
 
 The go (always without a wait, see above) also claims the attempt's timestamp
 (worker.api.clock) in the same script: one round trip for an unthrottled attempt, and a
-timestamp claimed right before its send, never seconds old nor overtaken by a later claim.
+timestamp claimed right before its send, never seconds old nor overtaken by a later claim. In a
+batch message that round trip also carries the job before's final result and its slot's
+release (worker.store.carry): one round trip per job.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ from worker.errors import ApiBusy, ApiError, JobCancelled, JobExpired, Throttled
 from worker.model import keys
 from worker.model.keys import batch_key
 from worker.model.scripts import load_script
+from worker.store.carry import Carry
 from worker.telemetry import metrics
 
 log = logging.getLogger("streamctl.ratelimit")
@@ -65,6 +68,10 @@ MAX_HANDBACK_COUNTDOWN = 150.0
 URGENT_POLL = 0.02
 
 GO, FULL, THROTTLED, CANCELLED, TOO_LATE = range(5)
+
+def _ignore(_reply: object) -> None:
+    pass
+
 
 def _us(seconds: float) -> int:
     return math.ceil(seconds * 1_000_000)
@@ -104,8 +111,17 @@ class LimitConfig:
 class ClusterLimiter:
     """The ``before_send`` hook every worker thread calls before each HTTP attempt."""
 
-    def __init__(self, client: redis.Redis, config: LimitConfig, *, prefix: str = PREFIX) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        config: LimitConfig,
+        *,
+        prefix: str = PREFIX,
+        carry: Carry | None = None,
+    ) -> None:
         self.redis = client
+        #: Sends the thread's carried calls (a batch's last result) with each ask.
+        self._carry = carry or Carry(client)
         self.config = config
         self.prefix = prefix
         self.busy_key = keys.limiter_key(prefix, "busy_until")
@@ -191,9 +207,10 @@ class ClusterLimiter:
         ]
         if context.timestamp_key is not None:
             script_keys.append(context.timestamp_key)
-        reply = self._acquire(
-            keys=script_keys,
-            args=[
+        reply = self._carry.run(
+            self._acquire,
+            script_keys,
+            [
                 _us(1 / config.rate) if config.rate else 0,
                 config.burst,
                 _us(1 / config.busy_rate),
@@ -228,12 +245,17 @@ class ClusterLimiter:
             )
         if not self.config.max_in_flight and not busy:
             return
-        self._release(
-            keys=[self._in_flight_key, self._freed_key, self.busy_key, self._urgent_busy_key],
-            args=[
-                lease if self.config.max_in_flight else "",
-                self.config.max_in_flight or 1,
-                _us(self.config.busy_seconds) if busy else 0,
-                1 if escalate else 0,
-            ],
-        )
+        script_keys = [self._in_flight_key, self._freed_key, self.busy_key, self._urgent_busy_key]
+        args: list[str | int] = [
+            lease if self.config.max_in_flight else "",
+            self.config.max_in_flight or 1,
+            _us(self.config.busy_seconds) if busy else 0,
+            1 if escalate else 0,
+        ]
+        if error is None and self._carry.is_holding:
+            # The attempt ended its job (no retry, no wait follows): in a batch message its
+            # slot is freed with the thread's next round trip, with the job's result, before
+            # the thread's next request (worker.store.carry).
+            self._carry.add(self._release, script_keys, args, _ignore)
+        else:
+            self._carry.run(self._release, script_keys, args)

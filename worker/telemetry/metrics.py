@@ -62,18 +62,31 @@ _started_lock = threading.Lock()
 _started_port: int | None = None
 
 
+#: Label values -> their child counter: ``labels()`` checks, locks and looks them up on every
+#: call, and a job counts an attempt and an outcome. Filled on first use; two threads filling
+#: the same entry get the same child, as ``labels()`` returns one child per value.
+_attempt_counters: dict[tuple[int | None, str | None], Counter] = {}
+_outcome_counters: dict[str, Counter] = {}
+
+
 def observe_attempt(http_status: int | None, error_class: str | None, seconds: float) -> None:
     """Count one HTTP attempt and its latency (the client calls this after every attempt)."""
-    HTTP_ATTEMPTS.labels(
-        http_status=str(http_status) if http_status is not None else "none",
-        error=error_class or "none",
-    ).inc()
+    counter = _attempt_counters.get((http_status, error_class))
+    if counter is None:
+        counter = _attempt_counters[http_status, error_class] = HTTP_ATTEMPTS.labels(
+            http_status=str(http_status) if http_status is not None else "none",
+            error=error_class or "none",
+        )
+    counter.inc()
     API_LATENCY.observe(seconds)
 
 
 def observe_outcome(outcome: str) -> None:
     """Count one job's final outcome (called once per published final result)."""
-    JOB_OUTCOMES.labels(outcome=outcome).inc()
+    counter = _outcome_counters.get(outcome)
+    if counter is None:
+        counter = _outcome_counters[outcome] = JOB_OUTCOMES.labels(outcome=outcome)
+    counter.inc()
 
 
 def observe_rate_limit_wait(seconds: float) -> None:
