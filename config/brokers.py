@@ -69,7 +69,7 @@ def broker_transport_options(settings: Settings) -> dict[str, Any]:
         "unacked_restore_throttle": 1,
         # Each channel's pool of Redis connections, which every acknowledgement takes one of:
         # kombu keeps 10 and raises MaxConnectionsError past them. With 500 jobs ending together
-        # (measured under a trial gevent pool, branch perf-gevent) acknowledgements failed
+        # (measured under a trial gevent pool) acknowledgements failed
         # ("Couldn't ack") and their messages came back; a thread pool's acks take the same
         # path. One per thread, and some for the consumer, the renewer and the control channel.
         "max_connections": settings.worker_concurrency + settings.urgent_threads + 16,
