@@ -38,7 +38,8 @@ class Tally:
         self.failed = 0
 
 
-def request_bytes(host: str, path: str, job: CloseJob) -> bytes:
+def signed_close(job: CloseJob) -> str:
+    """The signed ``json`` field of one close, timestamped now: every sender of the benchmark."""
     fields = request_fields(
         command=CLOSE_COMMAND,
         api_key=API_KEY,
@@ -47,7 +48,11 @@ def request_bytes(host: str, path: str, job: CloseJob) -> bytes:
         job=job,
         origin_url=None,
     )
-    body = urlencode({"json": signed_body(fields, SECRET)}).encode("ascii")
+    return signed_body(fields, SECRET)
+
+
+def request_bytes(host: str, path: str, job: CloseJob) -> bytes:
+    body = urlencode({"json": signed_close(job)}).encode("ascii")
     head = (
         f"POST {path} HTTP/1.1\r\nHost: {host}\r\n"
         "Content-Type: application/x-www-form-urlencoded\r\n"

@@ -40,9 +40,8 @@ from typing import Any
 
 import requests
 
-from benchmarks.asyncio_sender import API_KEY, CDN, SECRET
+from benchmarks.asyncio_sender import API_KEY, CDN, SECRET, signed_close
 from benchmarks.procstats import MemorySampler, cpu_used, tree_cpu_seconds
-from worker.api.signing import CLOSE_COMMAND, request_fields, signed_body
 from worker.dev.embedded_redis import EmbeddedRedis, free_port
 from worker.model.targets import CloseJob
 
@@ -83,15 +82,7 @@ def bare_pool(url: str, jobs: list[CloseJob], in_flight: int) -> float:
         session = getattr(local, "session", None)
         if session is None:
             session = local.session = requests.Session()
-        fields = request_fields(
-            command=CLOSE_COMMAND,
-            api_key=API_KEY,
-            timestamp=int(time.time()),
-            cdn=CDN,
-            job=job,
-            origin_url=None,
-        )
-        reply = session.post(url, data={"json": signed_body(fields, SECRET)}, timeout=(3, 10))
+        reply = session.post(url, data={"json": signed_close(job)}, timeout=(3, 10))
         reply.raise_for_status()
 
     started = time.perf_counter()

@@ -25,6 +25,7 @@ from phpref import PHP, require_php
 
 from worker.api.phpjson import php_json_encode
 from worker.api.signing import CLOSE_COMMAND, request_fields, signature, signed_body
+from worker.dev.embedded_redis import stop_process
 from worker.model.targets import CloseJob
 
 pytestmark = pytest.mark.php
@@ -87,12 +88,7 @@ def backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backend]:
                 time.sleep(0.02)
         yield Backend(url=f"http://127.0.0.1:{port}/stable/", log=log)
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
 
 
 def _fields(job_fields: dict[str, str | int]) -> dict[str, str | int]:

@@ -11,20 +11,17 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from config.lanes import Lane
+from config.lanes import URGENT, Lane
 from worker.broker.links import PRELOADED_FOR_WORKERS
 from worker.cli.beat import beat
 from worker.cli.check import check
 from worker.cli.errors import EXIT_INTERRUPTED, PORT, emit, friendly_errors
 from worker.cli.flower import flower
-from worker.cli.reconnect import POSITIVE_SECONDS, batch, reconnect
+from worker.cli.reconnect import POSITIVE_SECONDS, batch, lane_option, reconnect
 from worker.errors import StreamctlError
 
 if TYPE_CHECKING:
     from celery import Celery
-
-# Shared with the commands defined in their own modules (they cannot import this one).
-_friendly_errors = friendly_errors
 
 
 def _version() -> str:
@@ -72,14 +69,8 @@ def main() -> None:
 @click.option(
     "--timeout", type=POSITIVE_SECONDS, help="With --wait: seconds to wait (default: until expiry)."
 )
-@click.option(
-    "--lane",
-    type=click.Choice(["urgent", "bulk"]),
-    default="urgent",
-    show_default=True,
-    help="bulk: behind urgent work, at the pace of the batches.",
-)
-@_friendly_errors
+@lane_option(URGENT, "bulk: behind urgent work, at the pace of the batches.")
+@friendly_errors
 def close(
     app_name: str | None,
     inst: str | None,
@@ -199,7 +190,7 @@ def run_celery_worker(app: Celery, argv: list[str]) -> int:
 )
 @click.option("--loglevel", "-l", default=None, help="Log level (default: STREAMCTL_LOG_LEVEL).")
 @click.pass_context
-@_friendly_errors
+@friendly_errors
 def worker(
     ctx: click.Context, concurrency: int | None, processes: int | None, loglevel: str | None
 ) -> None:
@@ -262,7 +253,7 @@ def worker(
 @click.option(
     "--since", help="Replay from the results log first: 30 (seconds), 10m, 2h, all, or an entry id."
 )
-@_friendly_errors
+@friendly_errors
 def watch(since: str | None) -> None:
     """Print results as JSON lines as they arrive (Ctrl-C stops)."""
     from config.settings import get_settings
@@ -286,7 +277,7 @@ def watch(since: str | None) -> None:
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Loopback address to bind.")
 @click.option("--port", default=8089, show_default=True, type=PORT)
-@_friendly_errors
+@friendly_errors
 def sandbox(host: str, port: int) -> None:
     """Serve a local ScaleEngine-compatible API (for tests and demos)."""
     from config.settings import get_settings
@@ -326,7 +317,7 @@ def sandbox(host: str, port: int) -> None:
     type=click.IntRange(1, 256),
     help="Worker threads.",
 )
-@_friendly_errors
+@friendly_errors
 def demo(jobs: int, concurrency: int) -> None:
     """Run everything locally: embedded Redis, sandbox with faults, a worker; enqueue closes."""
     from worker.dev.demo import run_demo

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 from rich.console import Console
 
-from config.lanes import Lane
+from config.lanes import BULK, LANES, Lane
 from config.units import parse_rate
 from worker.cli.errors import EXIT_INTERRUPTED, emit, friendly_errors
 from worker.cli.progress import follow_with_progress, print_summary
@@ -27,7 +28,17 @@ if TYPE_CHECKING:
 #: Exit codes: every job succeeded; some did not; no summary came in time (as ``close``).
 EXIT_OK, EXIT_NOT_ALL_SUCCEEDED, EXIT_NO_RESULT = 0, 1, 3
 #: Durations that must be positive.
+F = TypeVar("F", bound=Callable[..., Any])
+
 POSITIVE_SECONDS = click.FloatRange(min=0, min_open=True)
+
+
+def lane_option(default: Lane, help: str) -> Callable[[F], F]:
+    """``--lane``, for ``close`` and ``reconnect``: each its default lane (config.lanes)."""
+    option: Callable[[F], F] = click.option(
+        "--lane", type=click.Choice(LANES), default=default, show_default=True, help=help
+    )
+    return option
 
 
 def _rate(_ctx: click.Context, _param: click.Parameter, value: str | None) -> float | None:
@@ -72,13 +83,7 @@ def _rate(_ctx: click.Context, _param: click.Parameter, value: str | None) -> fl
 @click.option(
     "--timeout", type=POSITIVE_SECONDS, help="Seconds to wait for the summary (default: expiry)."
 )
-@click.option(
-    "--lane",
-    type=click.Choice(["bulk", "urgent"]),
-    default="bulk",
-    show_default=True,
-    help="urgent: ahead of every bulk job (for a few targets someone waits for).",
-)
+@lane_option(BULK, "urgent: ahead of every bulk job (for a few targets someone waits for).")
 @friendly_errors
 def reconnect(
     file: str | None,
