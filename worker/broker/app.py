@@ -10,11 +10,13 @@ from __future__ import annotations
 from celery import Celery
 
 from config.lanes import CLOSE_MANY_TASK, CLOSE_TASK
-from worker.broker import links
+from worker.broker import client_reuse, links
 from worker.broker.guards import kombu as kombu_guards
 
 # Keeps a worker alive through a Redis restart (see worker.broker.guards.kombu).
 kombu_guards.install()
+# One redis-py client per channel, not one per publish and ack (see worker.broker.client_reuse).
+client_reuse.install()
 # The base class of every task the app registers: a malformed message is dropped, not fatal.
 # The task modules a worker imports as it starts: config/ may not name them (worker.broker.links).
 app = Celery("streamctl", task_cls=links.TASK_CLASS, include=links.TASK_MODULES)
