@@ -21,6 +21,7 @@ import queue
 import threading
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from redis.connection import AbstractConnection
@@ -144,7 +145,8 @@ def main() -> None:
                 + (" (under cProfile)" if args.profile else "")
             )
             if args.profile:
-                profile.dump_stats("/tmp/cpuprof/jobpath.prof")
+                Path("/tmp/cpuprof").mkdir(exist_ok=True)
+                profile.dump_stats("/tmp/cpuprof/jobpath.prof")  # for snakeviz and the like
                 pstats.Stats(profile).sort_stats("tottime").print_stats(args.top)
     finally:
         standin.terminate()

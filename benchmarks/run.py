@@ -5,8 +5,9 @@ and 1,000), against the same fast stand-in (benchmarks/standin.py, its own proce
 
 - the anchor: a hand-written asyncio sender (benchmarks/asyncio_sender.py, its own process),
   N keep-alive connections signing and POSTing closes, no queue;
-- streamctl: a batch enqueued through Redis to one ``streamctl worker -c N`` (or, with
-  ``--processes P``, ``--processes P -c N/P``), every result published;
+- streamctl: a batch enqueued through Redis to one ``streamctl worker -c N`` with its defaults
+  (its processes as ``STREAMCTL_WORKER_PROCESSES=auto`` chooses: config.processes), or
+  ``--processes P -c N``, every result published;
 - with ``--thread-pool``, also a bare pool of N ``requests.Session`` threads, no queue.
 
 Prints per (delay, N): anchor and streamctl rates and their ratio, the worker's CPU per job
@@ -16,7 +17,7 @@ result; then all of it as one Markdown table.
 
     python -m benchmarks.run                               # 20,000 jobs; 0, 300 ms; 200, 1,000
     python -m benchmarks.run --jobs 2000 --in-flight 200 --delays 0
-    python -m benchmarks.run --processes 3 --in-flight 198 --delays 0.3
+    python -m benchmarks.run --processes 3 --in-flight 999 --delays 0.3
     python -m benchmarks.run --in-flight 1000 --worker-args '--prefetch-multiplier 2'
 """
 
@@ -42,6 +43,7 @@ import requests
 
 from benchmarks.asyncio_sender import API_KEY, CDN, SECRET, signed_close
 from benchmarks.procstats import MemorySampler, cpu_used, tree_cpu_seconds
+from config.processes import AUTO, process_count, thread_shares
 from worker.dev.embedded_redis import EmbeddedRedis, free_port
 from worker.model.targets import CloseJob
 
@@ -113,7 +115,7 @@ def through_streamctl(
     url: str,
     jobs: list[CloseJob],
     in_flight: int,
-    processes: int,
+    processes: int | None,
     redis_url: str,
     separate: bool = False,
     worker_args: tuple[str, ...] = (),
@@ -131,20 +133,23 @@ def through_streamctl(
     env.pop("CELERY_BROKER_URL", None)
     env.pop("STREAMCTL_RATE_LIMIT", None)
     os.environ.update({k: env[k] for k in ("REDIS_URL", "SCALEENGINE_API_URL")})
-    per_process = max(1, in_flight // processes)
-    # One ``streamctl worker --processes P`` (forked, sharing their imports), or P commands.
-    commands = (
-        [["--processes", "1", "-n", f"bench{index}@%h"] for index in range(processes)]
-        if separate
-        else [["--processes", str(processes), "-n", "bench@%h"]]
-    )
+    count = process_count(in_flight, AUTO if processes is None else processes)
+    # One ``streamctl worker -c N`` (its processes forked, sharing their imports), or P commands.
+    if separate:
+        commands = [
+            ["-c", str(share), "--processes", "1", "-n", f"bench{index}@%h"]
+            for index, share in enumerate(thread_shares(in_flight, count))
+        ]
+    else:
+        chosen = [] if processes is None else ["--processes", str(processes)]
+        commands = [["-c", str(in_flight), *chosen, "-n", "bench@%h"]]
     procs = []
     for index, options in enumerate(commands):
         log = Path(f"/tmp/streamctl-bench-worker-{index}.log")
         procs.append(
             subprocess.Popen(
                 [
-                    *(sys.executable, "-m", "worker.cli", "worker", "-c", str(per_process)),
+                    *(sys.executable, "-m", "worker.cli", "worker"),
                     *options,
                     *worker_args,
                 ],
@@ -158,7 +163,7 @@ def through_streamctl(
         from worker.produce.batch import BatchSender, wait_for_batch
 
         deadline = time.monotonic() + 60
-        while len(app.control.ping(timeout=0.5)) < processes:
+        while len(app.control.ping(timeout=0.5)) < count:
             if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
                 raise RuntimeError("workers did not start; see /tmp/streamctl-bench-worker-*.log")
 
@@ -280,8 +285,8 @@ def main() -> None:
     parser.add_argument(
         "--processes",
         type=int,
-        default=1,
-        help="worker processes P, each with in-flight/P threads (1: streamctl worker -c N)",
+        default=None,
+        help="worker processes P sharing the in-flight calls (default: the worker's own choice)",
     )
     parser.add_argument(
         "--separate",
@@ -299,12 +304,18 @@ def main() -> None:
         help="also run a bare thread pool of requests.Sessions as a second reference",
     )
     args = parser.parse_args()
-    if args.jobs < 1 or args.processes < 1 or min(args.in_flight, default=0) < 1:
+    if args.jobs < 1 or (args.processes or 1) < 1 or min(args.in_flight, default=0) < 1:
         parser.error("--jobs, --processes and every --in-flight must be at least 1")
 
     print(
-        f"machine: {os.cpu_count()} cores; {args.jobs} jobs a run; worker: {args.processes} "
-        f"process(es) x in-flight/{args.processes} threads"
+        f"machine: {os.cpu_count()} cores; {args.jobs} jobs a run; worker processes: "
+        + (
+            f"{args.processes}, sharing the calls in flight"
+            if args.processes
+            else ", ".join(
+                f"{process_count(n, AUTO)} at {n} in flight (auto)" for n in args.in_flight
+            )
+        )
     )
     rows: list[tuple[float, int, int, dict[str, Any]]] = []
     with EmbeddedRedis() as redis_server:

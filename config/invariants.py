@@ -3,13 +3,15 @@
 A retry's countdown is shorter than a job's expiry, or the retry could never run; the broker's
 visibility timeout is shorter than the expiry, so that a job lost with a crashed worker is
 redelivered while it may still run (live workers renew the messages they hold, so a countdown
-or a long batch message need not fit inside the timeout); and the worker processes' metrics
-ports fit under 65536.
+or a long batch message need not fit inside the timeout); and the worker processes are no
+more than its calls in flight (each takes one), their metrics ports under 65536.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
+
+from config.processes import process_count
 
 if TYPE_CHECKING:
     from config.settings import Settings
@@ -26,7 +28,14 @@ def check_timing(settings: Settings) -> None:
             f"({longest_countdown:g} s) must be shorter than STREAMCTL_JOB_EXPIRY "
             f"({settings.job_expiry:g} s), or the retry could never run"
         )
-    port, processes = settings.metrics_port, settings.worker_processes
+    processes = process_count(settings.worker_concurrency, settings.worker_processes)
+    if processes > settings.worker_concurrency:
+        raise ValueError(
+            f"STREAMCTL_WORKER_PROCESSES ({processes}) must be at most "
+            f"STREAMCTL_WORKER_CONCURRENCY ({settings.worker_concurrency}): the processes share "
+            "the calls in flight, each at least one"
+        )
+    port = settings.metrics_port
     if port is not None and port + processes > 65536:
         raise ValueError(
             "STREAMCTL_METRICS_PORT: the worker processes take this port and the "

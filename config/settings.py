@@ -162,15 +162,15 @@ class Settings(BaseSettings):
     #: is then shared by up to 10 jobs, while a thread's share of a 10,000-job batch stays small
     #: enough that no thread idles long at its end (benchmarks/run.py; README, Performance).
     batch_chunk: PositiveInt = 10
-    #: Threads per worker. Closes are I/O bound (~0.4 s each), so threads, not processes.
+    #: Calls in flight (threads: closes are I/O bound) of all a worker's processes together.
     worker_concurrency: PositiveInt = 32
     #: Threads per worker process only urgent jobs use (worker.consume.lanes), besides the
     #: above: an urgent close starts at once however busy bulk is. 4: several operators at once.
     urgent_threads: PositiveInt = 4
-    #: Worker processes ``streamctl worker`` forks, each with STREAMCTL_WORKER_CONCURRENCY
-    #: threads (worker.consume.processes). 1 here; about one and a half per core for big batches
-    #: (README, Performance), as one process's threads queue for its one GIL.
-    worker_processes: PositiveInt = 1
+    #: Worker processes ``streamctl worker`` forks to share its calls in flight
+    #: (worker.consume.processes); ``auto``: one per 250 calls, at most one per CPU
+    #: (config.processes), as one process's threads queue for its one GIL.
+    worker_processes: PositiveInt | Literal["auto"] = "auto"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"
     #: Port of the worker's Prometheus exporter. Unset: no exporter, as a fixed default port

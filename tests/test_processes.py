@@ -36,6 +36,8 @@ pytestmark = pytest.mark.e2e
 T = TypeVar("T")
 #: Threads per process: with the sandbox's delay below, one process cannot hold every job.
 THREADS = 2
+#: The group's calls in flight (-c), which its two processes share.
+GROUP_CONCURRENCY = 2 * THREADS
 #: A sandbox delay per job, so that the jobs of a burst spread over both processes.
 JOB_DELAY = 0.3
 
@@ -172,10 +174,10 @@ def kill_group(worker: WorkerProcess) -> None:
 def worker_group(
     fleet: Cluster, name: str, env: dict[str, str] | None = None
 ) -> Iterator[WorkerProcess]:
-    """``streamctl worker --processes 2 -c 2 -n <name>@%h`` on ``fleet``, both children up."""
+    """``streamctl worker --processes 2 -c 4 -n <name>@%h`` on ``fleet``, both children up."""
     worker = WorkerProcess(
         fleet.root / f"{name}.log",
-        concurrency=THREADS,
+        concurrency=GROUP_CONCURRENCY,
         env={**fleet.env, **(env or {})},
         args=("--processes", "2", "-n", f"{name}@%h"),
     )
@@ -351,3 +353,46 @@ def test_children_exit_when_the_parent_is_killed(fleet: Cluster) -> None:
             return not any(running(pid) for pid in children)
 
         wait_until(all_gone, 15, "the orphaned children exiting", worker)
+
+
+# --- -c is the whole command's calls in flight ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "wanted"),
+    [
+        # auto: one process per 250 calls in flight, at most one per CPU.
+        (("-c", "251"), {1: [251], 2: [126, 125]}),
+        (("-c", "5", "--processes", "2"), {1: [3, 2], 2: [3, 2]}),
+    ],
+)
+def test_the_calls_in_flight_are_split_over_the_processes(
+    fleet: Cluster, args: tuple[str, ...], wanted: dict[int, list[int]]
+) -> None:
+    from config.processes import usable_cpus
+
+    shares = wanted[min(usable_cpus(), 2)]
+    name = f"split{len(shares)}x{secrets.token_hex(2)}"
+    concurrency, *more = args[1:]
+    worker = WorkerProcess(
+        fleet.root / f"{name}.log",
+        concurrency=int(concurrency),
+        env=fleet.env,
+        args=(*more, "-n", f"{name}@%h"),
+    )
+    try:
+        worker.start()
+        host = socket.gethostname()
+        if len(shares) == 1:  # one process: the node keeps its name
+            expected = {f"{name}@{host}": shares[0]}
+        else:
+            expected = {f"{name}-{i}@{host}": share for i, share in enumerate(shares, start=1)}
+        wait_until(lambda: set(expected) <= pinged(fleet), 30, f"{sorted(expected)}", worker)
+        sizes = {
+            node: size
+            for node, size in (fleet.app.control.inspect(timeout=2.0).stats() or {}).items()
+            if node in expected
+        }
+        assert {n: s["pool"]["max-concurrency"] for n, s in sizes.items()} == expected
+    finally:
+        kill_group(worker)

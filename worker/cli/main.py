@@ -181,12 +181,13 @@ def run_celery_worker(app: Celery, argv: list[str]) -> int:
     "--concurrency",
     "-c",
     type=click.IntRange(min=1),
-    help="Threads (default: STREAMCTL_WORKER_CONCURRENCY).",
+    help="Calls in flight, all processes together (default: STREAMCTL_WORKER_CONCURRENCY).",
 )
 @click.option(
     "--processes",
     type=click.IntRange(min=1),
-    help="Worker processes, each with --concurrency threads (default: STREAMCTL_WORKER_PROCESSES).",
+    help="Worker processes sharing --concurrency (default: STREAMCTL_WORKER_PROCESSES, auto: "
+    "one per 250 calls in flight, at most one per CPU).",
 )
 @click.option("--loglevel", "-l", default=None, help="Log level (default: STREAMCTL_LOG_LEVEL).")
 @click.pass_context
@@ -195,10 +196,16 @@ def worker(
     ctx: click.Context, concurrency: int | None, processes: int | None, loglevel: str | None
 ) -> None:
     """Start a worker (thread pool: closes are I/O bound). Extra options go to Celery."""
+    from config.processes import process_count, thread_shares
     from config.settings import install_settings, load_settings
     from worker.consume.processes import with_nodename
     from worker.telemetry.logs import configure_logging
 
+    if concurrency is not None and processes is not None and processes > concurrency:
+        raise click.UsageError(
+            f"--processes {processes} needs at least {processes} calls in flight (-c), "
+            "one thread per process"
+        )
     # One source for these counts: the Redis pool is sized from the threads, for one. The
     # options override the environment in the settings this process installs.
     overrides = {"worker_concurrency": concurrency, "worker_processes": processes}
@@ -210,24 +217,30 @@ def worker(
     from config.lanes import CONSUMED_QUEUES
     from worker.broker.app import app
 
-    argv = [
-        "worker",
-        "--pool",
-        "threads",
-        "--concurrency",
-        str(settings.worker_concurrency),
-        "--loglevel",
-        loglevel or settings.log_level,
-        "--queues",
-        ",".join(CONSUMED_QUEUES),
-        "--without-mingle",
-        "--without-gossip",
-        *ctx.args,
-    ]
-    # A node name of its own unless -n gives one: plain workers on one host never collide.
-    argv = with_nodename(argv)
-    if settings.worker_processes == 1:
-        sys.exit(run_celery_worker(app, argv))
+    # A node name of its own unless -n gives one: plain workers on one host never collide; the
+    # processes of a group number it (child_argv).
+    extra_args = with_nodename(ctx.args)
+
+    def celery_argv(threads: int) -> list[str]:
+        return [
+            "worker",
+            "--pool",
+            "threads",
+            "--concurrency",
+            str(threads),
+            "--loglevel",
+            loglevel or settings.log_level,
+            "--queues",
+            ",".join(CONSUMED_QUEUES),
+            "--without-mingle",
+            "--without-gossip",
+            *extra_args,
+        ]
+
+    count = process_count(settings.worker_concurrency, settings.worker_processes)
+    shares = thread_shares(settings.worker_concurrency, count)
+    if count == 1:
+        sys.exit(run_celery_worker(app, celery_argv(shares[0])))
 
     from worker.consume.boot import refuse_evicting_redis
     from worker.consume.processes import child_argv, supervise
@@ -241,12 +254,14 @@ def worker(
         importlib.import_module(module)
 
     def run_child(index: int) -> int:
+        threads = shares[index - 1]
+        update: dict[str, Any] = {"worker_concurrency": threads}
         if settings.metrics_port is not None:
-            port = settings.metrics_port + index - 1
-            install_settings(settings.model_copy(update={"metrics_port": port}))
-        return run_celery_worker(app, child_argv(argv, index))
+            update["metrics_port"] = settings.metrics_port + index - 1
+        install_settings(settings.model_copy(update=update))
+        return run_celery_worker(app, child_argv(celery_argv(threads), index))
 
-    sys.exit(supervise(settings.worker_processes, run_child))
+    sys.exit(supervise(count, run_child))
 
 
 @main.command()
