@@ -8,7 +8,8 @@ and 1,000), against the same fast stand-in (benchmarks/standin.py, its own proce
 - streamctl: a batch enqueued through Redis to one ``streamctl worker -c N`` with its defaults
   (its processes as ``STREAMCTL_WORKER_PROCESSES=auto`` chooses: config.processes), or
   ``--processes P -c N``, every result published;
-- with ``--thread-pool``, also a bare pool of N ``requests.Session`` threads, no queue.
+- with ``--thread-pool``, also what requests itself allows here: the worker's own HTTP path
+  (one session per thread) in as many processes and threads as the worker, no queue.
 
 Prints per (delay, N): anchor and streamctl rates and their ratio, the worker's CPU per job
 (all its processes, from the batch's enqueue to its last result) beside the anchor's CPU per
@@ -25,12 +26,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import shlex
 import statistics
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from collections.abc import Callable
@@ -39,11 +40,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import requests
-
 from benchmarks.asyncio_sender import API_KEY, CDN, SECRET, signed_close
 from benchmarks.procstats import MemorySampler, cpu_used, tree_cpu_seconds
 from config.processes import AUTO, process_count, thread_shares
+from worker.api.transport import SessionPool, send
+from worker.broker.messages import split
 from worker.dev.embedded_redis import EmbeddedRedis, free_port
 from worker.model.targets import CloseJob
 
@@ -76,21 +77,44 @@ def targets(count: int, prefix: str) -> list[CloseJob]:
     ]
 
 
-def bare_pool(url: str, jobs: list[CloseJob], in_flight: int) -> float:
-    """(a): sign and send each close from a thread pool; returns requests per second."""
-    local = threading.local()
+def _pool_process(url: str, jobs: list[CloseJob], threads: int, start: Any, done: Any) -> None:
+    """One process of ``requests_pool``: waits for the start, sends, reports its last reply."""
+    sessions = SessionPool()
 
-    def send(job: CloseJob) -> None:
-        session = getattr(local, "session", None)
-        if session is None:
-            session = local.session = requests.Session()
-        reply = session.post(url, data={"json": signed_close(job)}, timeout=(3, 10))
-        reply.raise_for_status()
+    def send_one(job: CloseJob) -> None:
+        reply = send(sessions, url, signed_close(job), timeout=(3, 10))
+        if reply.status_code != 200:
+            raise RuntimeError(f"the stand-in answered HTTP {reply.status_code}")
 
-    started = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=in_flight) as pool:
-        list(pool.map(send, jobs))
-    return len(jobs) / (time.perf_counter() - started)
+    start.wait()
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        list(pool.map(send_one, jobs))
+    done.put(time.perf_counter())
+
+
+def requests_pool(url: str, jobs: list[CloseJob], in_flight: int, processes: int) -> float:
+    """What requests itself allows: the worker's own HTTP path (worker.api.transport: one
+    session per thread, the adapter's send), in as many processes and threads as the worker
+    runs, signing each close, no queue, no Redis. Returns requests per second."""
+    context = multiprocessing.get_context("fork")
+    start, done = context.Event(), context.Queue()
+    shares = thread_shares(in_flight, processes)
+    pieces = split(jobs, [len(jobs) * share // in_flight for share in shares[:-1]] + [len(jobs)])
+    children = [
+        context.Process(target=_pool_process, args=(url, list(piece), share, start, done))
+        for piece, share in zip(pieces, shares, strict=True)
+    ]
+    for child in children:
+        child.start()
+    time.sleep(0.5)  # every child forked and waiting
+    began = time.perf_counter()
+    start.set()
+    ended = max(done.get(timeout=900) for _ in children)
+    for child in children:
+        child.join(timeout=30)
+        if child.exitcode != 0:
+            raise RuntimeError(f"a requests pool process exited with {child.exitcode}")
+    return len(jobs) / (ended - began)
 
 
 def asyncio_anchor(url: str, count: int, in_flight: int, prefix: str) -> dict[str, Any]:
@@ -229,7 +253,10 @@ def report(delay: float, in_flight: int, jobs: int, row: dict[str, Any]) -> str:
         f"  ratio streamctl/anchor  {m['throughput'] / anchor['rate']:.2f}",
     ]
     if row.get("pool") is not None:
-        lines.append(f"  bare thread pool        {row['pool']:8.0f} requests/s")
+        lines.append(
+            f"  requests pool, no queue {row['pool']:8.0f} requests/s   "
+            f"streamctl/pool {m['throughput'] / row['pool']:.2f}"
+        )
     lines += [
         f"  CPU per 10,000          worker {m['cpu_seconds'] * 10_000 / jobs:.1f} s, "
         f"anchor {anchor['cpu_seconds'] * 10_000 / anchor['requests']:.1f} s",
@@ -246,15 +273,18 @@ def report(delay: float, in_flight: int, jobs: int, row: dict[str, Any]) -> str:
 
 
 def markdown(rows: list[tuple[float, int, int, dict[str, Any]]]) -> str:
+    pooled = any(row.get("pool") is not None for *_, row in rows)
     lines = [
         "| API delay | in flight | asyncio anchor | streamctl | ratio | worker CPU / job "
         "| anchor CPU / request | worker memory at peak (PSS) | anchor peak RSS "
-        "| enqueue → result p50 / p99 |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| enqueue → result p50 / p99 |"
+        + (" requests pool, no queue | streamctl / pool |" if pooled else ""),
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+        + (" --- | --- |" if pooled else ""),
     ]
     for delay, in_flight, jobs, row in rows:
         anchor, m = row["anchor"], row["streamctl"]
-        lines.append(
+        line = (
             f"| {delay * 1000:.0f} ms | {in_flight:,} | {anchor['rate']:,.0f} req/s "
             f"| {m['throughput']:,.0f} jobs/s | {m['throughput'] / anchor['rate']:.2f} "
             f"| {m['cpu_seconds'] * 1000 / jobs:.2f} ms "
@@ -262,6 +292,10 @@ def markdown(rows: list[tuple[float, int, int, dict[str, Any]]]) -> str:
             f"| {m['peak_pss_mb']:.0f} MB | {anchor['peak_rss_mb']:.0f} MB "
             f"| {m['p50']:.2f} s / {m['p99']:.2f} s |"
         )
+        if pooled:
+            pool = row.get("pool")
+            line += f" {pool:,.0f} req/s | {m['throughput'] / pool:.2f} |" if pool else " — | — |"
+        lines.append(line)
     return "\n".join(lines)
 
 
@@ -301,7 +335,7 @@ def main() -> None:
     parser.add_argument(
         "--thread-pool",
         action="store_true",
-        help="also run a bare thread pool of requests.Sessions as a second reference",
+        help="also run the worker's HTTP path (requests) alone, in its processes and threads",
     )
     args = parser.parse_args()
     if args.jobs < 1 or (args.processes or 1) < 1 or min(args.in_flight, default=0) < 1:
@@ -327,7 +361,12 @@ def main() -> None:
                     row: dict[str, Any] = {
                         "anchor": asyncio_anchor(url, args.jobs, in_flight, f"anchor-{run}"),
                         "pool": (
-                            bare_pool(url, targets(args.jobs, f"pool-{run}"), in_flight)
+                            requests_pool(
+                                url,
+                                targets(args.jobs, f"pool-{run}"),
+                                in_flight,
+                                process_count(in_flight, args.processes or AUTO),
+                            )
                             if args.thread_pool
                             else None
                         ),

@@ -1,11 +1,12 @@
-"""Several worker processes from one command (``streamctl worker --processes N``).
+"""Several worker processes from one command (``streamctl worker -c N``, ``--processes P``).
 
-A worker process is bound by its one GIL: past about 50 threads, its threads wait for each
-other more than for the API (benchmarks/run.py). Three processes on two cores did best. The
-processes are forked from one parent after the imports, with those imports frozen out of the
-garbage collector (``gc.freeze``), so that the pages holding them stay shared between the
-processes instead of being copied into each one: the group takes far less memory than as
-many separate workers.
+A worker process is bound by its one GIL: past a few hundred threads, its threads wait for
+each other more than for the API, so the command's N calls in flight are split over processes
+(config.processes: by default one per 250 calls, at most one per CPU). The processes are
+forked from one parent after the imports, with those imports frozen out of the garbage
+collector (``gc.freeze``), so that the pages holding them stay shared between the processes
+instead of being copied into each one: the group takes far less memory than as many separate
+workers.
 
 The parent only supervises. It forwards SIGTERM and SIGQUIT to every child, and turns SIGINT
 into SIGTERM (a warm shutdown): a Ctrl-C at a terminal reaches the children too, and a second
