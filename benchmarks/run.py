@@ -143,6 +143,7 @@ def through_streamctl(
     redis_url: str,
     separate: bool = False,
     worker_args: tuple[str, ...] = (),
+    log_level: str | None = None,
 ) -> dict[str, Any]:
     """One batch through the queue; returns its figures."""
     env = {
@@ -152,10 +153,12 @@ def through_streamctl(
         "SCALEENGINE_CDN": str(CDN),
         "SCALEENGINE_API_KEY": API_KEY,
         "SCALEENGINE_API_SECRET": SECRET,
-        "STREAMCTL_LOG_LEVEL": "WARNING",
     }
     env.pop("CELERY_BROKER_URL", None)
     env.pop("STREAMCTL_RATE_LIMIT", None)
+    env.pop("STREAMCTL_LOG_LEVEL", None)
+    if log_level is not None:  # else the worker's default, INFO: a line a job, as deployed
+        env["STREAMCTL_LOG_LEVEL"] = log_level
     os.environ.update({k: env[k] for k in ("REDIS_URL", "SCALEENGINE_API_URL")})
     count = process_count(in_flight, AUTO if processes is None else processes)
     # One ``streamctl worker -c N`` (its processes forked, sharing their imports), or P commands.
@@ -333,6 +336,11 @@ def main() -> None:
         help="more options for streamctl worker, one string (e.g. '--pool threads')",
     )
     parser.add_argument(
+        "--log-level",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="the worker's STREAMCTL_LOG_LEVEL (default: its own default, INFO)",
+    )
+    parser.add_argument(
         "--thread-pool",
         action="store_true",
         help="also run the worker's HTTP path (requests) alone, in its processes and threads",
@@ -379,6 +387,7 @@ def main() -> None:
                         redis_server.url,
                         separate=args.separate,
                         worker_args=tuple(shlex.split(args.worker_args)),
+                        log_level=args.log_level,
                     )
                     row["stats"] = standin_stats(url)
                     rows.append((delay, in_flight, args.jobs, row))

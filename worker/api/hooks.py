@@ -74,11 +74,19 @@ class AttemptHook:
 
 
 class LogAttempts(AttemptHook):
-    """One log line per attempt; a warning when a refused timestamp (0002) is re-signed."""
+    """A log line per failed attempt (INFO; a successful one at DEBUG: the job's outcome line
+    follows it at once and its result holds every attempt); a warning when a refused
+    timestamp (0002) is re-signed."""
 
     def on_attempt_end(self, end: AttemptEnd) -> None:
         attempt, context = end.attempt, end.context
-        log.info(
+        # At 1,000 calls in flight a line per successful attempt as well cost a worker a fifth
+        # of its throughput at the default level (benchmarks/run.py, README Performance).
+        level = logging.INFO if attempt.error else logging.DEBUG
+        if not log.isEnabledFor(level):
+            return
+        log.log(
+            level,
             "attempt [%s] timestamp=%d http_status=%s duration=%.3fs%s",
             context.label,
             attempt.timestamp,

@@ -9,12 +9,14 @@ broker app only, so they never connect these hooks.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from celery import signals
 
 from worker.broker.app import app
 from worker.consume.lanes import UrgentConsumer
+from worker.telemetry.logs import queue_stderr_handlers
 
 # The urgent lane's own consumer channel and reserved threads, in every worker process.
 app.steps["consumer"].add(UrgentConsumer)
@@ -161,3 +163,12 @@ def _start_renewer(sender: object = None, **_: object) -> None:
 
 
 signals.worker_ready.connect(_start_renewer, weak=False)
+
+
+def _queue_celery_log_lines(logger: logging.Logger | None = None, **_: object) -> None:
+    """Celery's own worker lines go through the log writer too (worker.telemetry.logs)."""
+    if logger is not None:
+        queue_stderr_handlers(logger)
+
+
+signals.after_setup_logger.connect(_queue_celery_log_lines, weak=False)

@@ -33,6 +33,8 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from types import FrameType
 
+from worker.telemetry.logs import flush_logs
+
 log = logging.getLogger("streamctl.processes")
 
 #: Seconds before a child that exited unexpectedly is replaced.
@@ -124,6 +126,7 @@ def supervise(processes: int, run_child: Callable[[int], int]) -> int:
             except BaseException:
                 log.exception("worker process %d failed", index)
             finally:
+                flush_logs()  # os._exit skips atexit, where the log writer empties its queue
                 sys.stdout.flush()
                 sys.stderr.flush()
                 os._exit(code)
