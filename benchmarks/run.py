@@ -77,8 +77,11 @@ def targets(count: int, prefix: str) -> list[CloseJob]:
     ]
 
 
-def _pool_process(url: str, jobs: list[CloseJob], threads: int, start: Any, done: Any) -> None:
-    """One process of ``requests_pool``: waits for the start, sends, reports its last reply."""
+def _pool_process(
+    url: str, jobs: list[CloseJob], threads: int, ready: Any, start: Any, done: Any
+) -> None:
+    """One process of ``requests_pool``: says it is ready, waits for the start, sends, reports
+    when its last reply came."""
     sessions = SessionPool()
 
     def send_one(job: CloseJob) -> None:
@@ -86,6 +89,7 @@ def _pool_process(url: str, jobs: list[CloseJob], threads: int, start: Any, done
         if reply.status_code != 200:
             raise RuntimeError(f"the stand-in answered HTTP {reply.status_code}")
 
+    ready.put(True)
     start.wait()
     with ThreadPoolExecutor(max_workers=threads) as pool:
         list(pool.map(send_one, jobs))
@@ -95,18 +99,22 @@ def _pool_process(url: str, jobs: list[CloseJob], threads: int, start: Any, done
 def requests_pool(url: str, jobs: list[CloseJob], in_flight: int, processes: int) -> float:
     """What requests itself allows: the worker's own HTTP path (worker.api.transport: one
     session per thread, the adapter's send), in as many processes and threads as the worker
-    runs, signing each close, no queue, no Redis. Returns requests per second."""
-    context = multiprocessing.get_context("fork")
-    start, done = context.Event(), context.Queue()
+    runs, signing each close, no queue, no Redis. Returns requests per second.
+
+    The processes are spawned, not forked: by then this process runs the result reader's
+    threads, and a child forked while one of them held a lock waited for it forever."""
+    context = multiprocessing.get_context("spawn")
+    ready, start, done = context.Queue(), context.Event(), context.Queue()
     shares = thread_shares(in_flight, processes)
     pieces = split(jobs, [len(jobs) * share // in_flight for share in shares[:-1]] + [len(jobs)])
     children = [
-        context.Process(target=_pool_process, args=(url, list(piece), share, start, done))
+        context.Process(target=_pool_process, args=(url, list(piece), share, ready, start, done))
         for piece, share in zip(pieces, shares, strict=True)
     ]
     for child in children:
         child.start()
-    time.sleep(0.5)  # every child forked and waiting
+    for _ in children:
+        ready.get(timeout=60)
     began = time.perf_counter()
     start.set()
     ended = max(done.get(timeout=900) for _ in children)

@@ -17,6 +17,12 @@ from pathlib import Path
 from worker.telemetry.logs import LineWriter, QueuedLineHandler
 
 
+def run_python(script: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+
+
 def _logger(name: str, writer: LineWriter) -> logging.Logger:
     logger = logging.getLogger(f"streamctl.test-writer.{name}")
     handler = QueuedLineHandler(writer)
@@ -95,9 +101,7 @@ def test_the_last_lines_are_written_when_the_process_exits() -> None:
         "log.critical('last words')\n"
         "sys.exit(3)\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
-    )
+    done = run_python(script)
     assert done.returncode == 3
     lines = done.stderr.splitlines()
     assert len([line for line in lines if "/streamctl.test] line " in line]) == 2000
@@ -116,9 +120,7 @@ def test_celerys_own_worker_lines_go_through_the_writer() -> None:
         "print(sorted(type(h).__name__ for h in root.handlers))\n"
         "logging.getLogger('celery.worker.strategy').info('Task received (a test line)')\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
-    )
+    done = run_python(script)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "['QueuedLineHandler']"
     assert "INFO/MainProcess] Task received (a test line)" in done.stderr

@@ -80,8 +80,8 @@ class LogAttempts(AttemptHook):
 
     def on_attempt_end(self, end: AttemptEnd) -> None:
         attempt, context = end.attempt, end.context
-        # At 1,000 calls in flight a line per successful attempt as well cost a worker a fifth
-        # of its throughput at the default level (benchmarks/run.py, README Performance).
+        # Half the lines at the default level: a job whose first attempt succeeds logs only its
+        # outcome. At 1,000 calls in flight every line costs every thread (README, Performance).
         level = logging.INFO if attempt.error else logging.DEBUG
         if not log.isEnabledFor(level):
             return
