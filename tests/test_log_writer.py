@@ -14,6 +14,8 @@ import sys
 import threading
 from pathlib import Path
 
+import pytest
+
 from worker.telemetry.logs import LineWriter, QueuedLineHandler
 
 
@@ -124,3 +126,39 @@ def test_celerys_own_worker_lines_go_through_the_writer() -> None:
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "['QueuedLineHandler']"
     assert "INFO/MainProcess] Task received (a test line)" in done.stderr
+
+
+class _BlockedStream(io.StringIO):
+    """A stream whose writes wait until ``release`` is set (a pipe nobody reads)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = threading.Event()
+
+    def write(self, text: str) -> int:
+        self.release.wait(30)
+        return super().write(text)
+
+
+def test_a_blocked_stream_holds_the_loggers_back_instead_of_queueing_without_bound(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(LineWriter, "BACKLOG", 100)
+    stream = _BlockedStream()
+    writer = LineWriter(stream)
+    logger = _logger("blocked", writer)
+    finished = threading.Event()
+
+    def log_many() -> None:
+        for index in range(1000):
+            logger.info("line %d", index)
+        finished.set()
+
+    thread = threading.Thread(target=log_many)
+    thread.start()
+    assert not finished.wait(1.0), "the logging thread ran on past the backlog"
+    stream.release.set()
+    assert finished.wait(30)
+    thread.join()
+    writer.flush()
+    assert stream.getvalue().splitlines() == [f"line {i}" for i in range(1000)]

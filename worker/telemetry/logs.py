@@ -62,6 +62,10 @@ class LineWriter:
 
     #: Most lines in one write: a burst is written in pieces, never held back whole.
     BATCH = 512
+    #: Lines waiting past which a thread that logs waits for them to be written: a stream that
+    #: blocks (a pipe nobody reads) holds the loggers back, as a StreamHandler did, instead of
+    #: the queue growing without bound.
+    BACKLOG = 20_000
 
     def __init__(self, stream: TextIO) -> None:
         self._stream = stream
@@ -77,6 +81,8 @@ class LineWriter:
         self._thread.start()
 
     def put(self, line: str) -> None:
+        if self._queue.qsize() >= self.BACKLOG:
+            self.flush()
         self._queue.put(line)
 
     def flush(self, timeout: float = 5.0) -> None:
