@@ -106,7 +106,7 @@ def requests_pool(url: str, jobs: list[CloseJob], in_flight: int, processes: int
     context = multiprocessing.get_context("spawn")
     ready, start, done = context.Queue(), context.Event(), context.Queue()
     shares = thread_shares(in_flight, processes)
-    pieces = split(jobs, [len(jobs) * share // in_flight for share in shares[:-1]] + [len(jobs)])
+    pieces = split(jobs, thread_shares(len(jobs), processes))
     children = [
         context.Process(target=_pool_process, args=(url, list(piece), share, ready, start, done))
         for piece, share in zip(pieces, shares, strict=True)
